@@ -1,0 +1,5 @@
+"""Errors a user can cause. Scripts turn them into one line on stderr and exit code 2."""
+
+
+class UserError(Exception):
+    """Bad flags, missing files, mismatched checkpoints, data that cannot be found."""
