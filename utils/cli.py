@@ -47,22 +47,31 @@ def new_parser(description: str) -> argparse.ArgumentParser:
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
-def add_model_args(parser, required_model: bool = True):
-    parser.add_argument("--model", choices=models.model_names(), required=required_model,
-                        help="architecture to build")
-    parser.add_argument("--dataset", choices=data.dataset_names(), default="mnist",
-                        help="dataset (decides input shape and classes)")
+def add_model_args(parser, from_checkpoint: bool = False):
+    """--model/--dataset/...; with ``from_checkpoint`` they default to the checkpoint's own and
+    only serve as a check that it is the model the user meant."""
+    if from_checkpoint:
+        parser.add_argument("--model", choices=models.model_names(), default=None,
+                            help="architecture; taken from the checkpoint, checked when given")
+        parser.add_argument("--dataset", choices=data.dataset_names(), default=None,
+                            help="dataset; taken from the checkpoint, checked when given")
+    else:
+        parser.add_argument("--model", choices=models.model_names(), required=True,
+                            help="architecture to build")
+        parser.add_argument("--dataset", choices=data.dataset_names(), default="mnist",
+                            help="dataset (decides input shape and classes)")
     parser.add_argument("--data_dir", default="./data", help="where datasets live or are downloaded to")
     parser.add_argument("--checkpoint_dir", default="checkpoints", help="where checkpoints are read and written")
     parser.add_argument("--load_folder_model", default=None,
                         help="checkpoint name in --checkpoint_dir (with or without .pt) or a path")
 
 
-def add_training_args(parser, epochs: int, learning_rate: float):
+def add_training_args(parser, epochs: int, learning_rate, learning_rate_help="learning rate"):
     group = parser.add_argument_group("training")
     group.add_argument("--epochs", type=non_negative_int, default=epochs, help="training epochs")
     group.add_argument("--batch_size", type=positive_int, default=256, help="training batch size")
-    group.add_argument("--learning_rate", type=positive_float, default=learning_rate, help="learning rate")
+    group.add_argument("--learning_rate", type=positive_float, default=learning_rate,
+                       help=learning_rate_help)
     group.add_argument("--optimizer", choices=training.OPTIMIZERS, default="adam", help="optimizer")
     group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     group.add_argument("--weight_decay", type=float, default=0.0, help="L2 weight decay")
