@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from torch.torch_version import TorchVersion
 
 import models
 from utils.errors import UserError
@@ -53,7 +54,8 @@ def make_checkpoint(model: torch.nn.Module, dataset: str, metrics: dict, flags: 
         "metrics": _plain(metrics),
         "flags": _plain(flags),
         "parent": parent,
-        "torch_version": torch.__version__,
+        # torch.__version__ is a TorchVersion (a str subclass) that weights_only loading refuses.
+        "torch_version": str(torch.__version__),
         **_plain(extra),
     }
 
@@ -95,7 +97,10 @@ def load_checkpoint(name_or_path: str, checkpoint_dir=DEFAULT_DIR, expect_model:
     ``expect_*`` are what the flags asked for: a different checkpoint is an error naming both."""
     path = resolve_checkpoint(name_or_path, checkpoint_dir)
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # Files written before torch_version was stored as a plain str hold a TorchVersion, a str
+        # subclass with no code of its own: allowing it keeps them readable.
+        with torch.serialization.safe_globals([TorchVersion]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''})")
