@@ -47,7 +47,8 @@ def main(argv=None):
         extra = {"pretrained": True} if args.pretrained else {}
         model = models.create_model(args.model, spec.input_shape, spec.num_classes, **extra).to(device)
 
-    train, test, spec = load_dataset(args.dataset, args.data_dir, device)
+    train, test, spec = load_dataset(args.dataset, args.data_dir, device,
+                                     download=not args.no_download)
 
     train_seconds, history = 0.0, []
     if args.do_training and args.epochs > 0:

@@ -111,7 +111,8 @@ def main(argv=None):
     spec = get_spec(dataset)
     if args.learning_rate is None:
         args.learning_rate = parent["flags"].get("learning_rate", 0.001) / 10
-    train, test, spec = load_dataset(dataset, args.data_dir, device)
+    train, test, spec = load_dataset(dataset, args.data_dir, device,
+                                     download=not args.no_download)
     input_shape = tuple(parent["config"]["input_shape"])
     print(f"pruning {parent['path']} with {args.pruning_method}")
 

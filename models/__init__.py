@@ -31,11 +31,15 @@ def model_names():
     return sorted(_MODELS)
 
 
-def create_model(name: str, input_shape: Tuple[int, int, int], num_classes: int,
-                 widths: Optional[Sequence[int]] = None, **kwargs) -> nn.Module:
+def model_class(name: str):
     if name not in _MODELS:
         raise UserError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
-    builder = _MODELS[name]
+    return _MODELS[name]
+
+
+def create_model(name: str, input_shape: Tuple[int, int, int], num_classes: int,
+                 widths: Optional[Sequence[int]] = None, **kwargs) -> nn.Module:
+    builder = model_class(name)
     unknown = set(kwargs) - set(inspect.signature(builder).parameters)
     if unknown:
         raise UserError(f"{name} does not take {', '.join(sorted(unknown))}")

@@ -61,6 +61,8 @@ def add_model_args(parser, from_checkpoint: bool = False):
         parser.add_argument("--dataset", choices=data.dataset_names(), default="mnist",
                             help="dataset (decides input shape and classes)")
     parser.add_argument("--data_dir", default="./data", help="where datasets live or are downloaded to")
+    parser.add_argument("--no_download", action="store_true",
+                        help="never try dataset hosts; use files in --data_dir or the offline copies")
     parser.add_argument("--checkpoint_dir", default="checkpoints", help="where checkpoints are read and written")
     parser.add_argument("--load_folder_model", default=None,
                         help="checkpoint name in --checkpoint_dir (with or without .pt) or a path")

@@ -1,0 +1,92 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import models
+from utils.data import Split
+from utils.timing import time_inference
+from utils.training import (TrainingDiverged, evaluate, fit, make_optimizer, make_scheduler,
+                            seed_everything, train_one_epoch)
+from utils.data import BatchLoader
+
+
+def _toy_split(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    images = torch.randn(n, 1, 28, 28, generator=g) * 0.1
+    images[torch.arange(n), 0, labels, labels] = 3.0  # a learnable signal
+    return Split(images, labels)
+
+
+def _train(seed):
+    generator = seed_everything(seed)
+    model = models.create_model("lenet_5", (1, 28, 28), 10)
+    optimizer = make_optimizer("adam", model.parameters(), 0.01)
+    history = fit(model, _toy_split(), _toy_split(128, 1), 3, 32, optimizer,
+                  make_scheduler("cosine", optimizer, 3), generator=generator, progress=False,
+                  print_fn=lambda *_: None)
+    return model, history
+
+
+def test_same_seed_same_result_on_cpu():
+    (a, ha), (b, hb) = _train(3), _train(3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert [h["loss"] for h in ha] == [h["loss"] for h in hb]
+    c, _ = _train(4)
+    assert not torch.equal(a.fc2.weight, c.fc2.weight)
+
+
+def test_fit_learns_and_reports_each_epoch():
+    lines = []
+    generator = seed_everything(0)
+    model = models.create_model("lenet_300_100", (1, 28, 28), 10)
+    optimizer = make_optimizer("sgd", model.parameters(), 0.05, momentum=0.9)
+    history = fit(model, _toy_split(), _toy_split(128, 1), 4, 32, optimizer, generator=generator,
+                  progress=False, print_fn=lines.append)
+    assert len(history) == len(lines) == 4 and lines[0].startswith("epoch   1/4")
+    assert history[-1]["test_acc"] > 0.9 and history[-1]["loss"] < history[0]["loss"]
+
+
+def test_evaluate_counts_exactly():
+    class Oracle(nn.Module):  # predicts the label hidden in pixel (0, 0) for half of the images
+        def forward(self, x):
+            return nn.functional.one_hot(x[:, 0, 0, 0].long(), 10).float()
+
+    labels = torch.arange(10).repeat(3)
+    images = torch.zeros(30, 1, 2, 2)
+    images[:15, 0, 0, 0] = labels[:15].float()
+    assert evaluate(Oracle(), Split(images, labels), batch_size=7)["acc"] == pytest.approx(
+        (15 + 3 - 2) / 30)  # the 15 coded ones, plus label 0 images among the rest (3), minus the 2 counted twice
+
+
+def test_non_finite_loss_stops_training():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with torch.no_grad():
+        model[1].weight.fill_(float("nan"))
+    loader = BatchLoader(_toy_split(64), 16)
+    with pytest.raises(TrainingDiverged, match="loss became nan at epoch 1"):
+        train_one_epoch(model, loader, make_optimizer("adam", model.parameters(), 0.001),
+                        progress=False)
+
+
+def test_cosine_schedule_decays_to_zero():
+    optimizer = make_optimizer("sgd", [nn.Parameter(torch.zeros(1))], 0.1)
+    scheduler = make_scheduler("cosine", optimizer, 10)
+    rates = []
+    for _ in range(10):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == 0.1 and all(a > b for a, b in zip(rates, rates[1:]))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_inference_timing_statistics():
+    model = nn.Linear(8, 2).train()
+    stats = time_inference(model, torch.randn(4, 8), samples=20, warmup=2)
+    assert stats["samples"] == 20 and stats["batch_size"] == 4
+    assert 0 < stats["median_ms"] <= stats["p95_ms"] and stats["var_ms2"] >= 0
+    assert math.isfinite(stats["mean_ms"])
+    assert model.training  # restored
