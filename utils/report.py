@@ -20,3 +20,18 @@ def print_rows(rows, print_fn=print):
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
         print_fn(f"{label:<{width}}  {value}")
+
+
+def markdown_table(headers, rows, align=None) -> str:
+    """A GitHub markdown table, cells padded so the source reads as a table too.
+    ``align``: "left" or "right" per column (numbers read best right-aligned)."""
+    align = align or ["left"] * len(headers)
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(3, *(len(row[i]) for row in cells)) for i in range(len(headers))]
+
+    def line(row):
+        padded = [c.rjust(w) if a == "right" else c.ljust(w) for c, w, a in zip(row, widths, align)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = ["-" * (w - 1) + ":" if a == "right" else "-" * w for w, a in zip(widths, align)]
+    return "\n".join([line(cells[0]), "| " + " | ".join(rule) + " |"] + [line(r) for r in cells[1:]])

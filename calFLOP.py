@@ -1,0 +1,82 @@
+"""Per-layer Weights / FLOP / Nonzero Weights / MACs of a model or a checkpoint, with a Total row.
+
+    python calFLOP.py --model=lenet_300_100 --dataset=mnist
+    python calFLOP.py --load_folder_model=lenet_300_100_songhan_mnist_acc_0.9826_epoch_10 --format=csv
+
+A pruned (sparse) checkpoint adds Han et al. 2015's Weights%, Act% and FLOP% columns, Act%
+measured on the dataset's first --act_images test images; a compact (FPGM) checkpoint adds its
+original widths' Weights and FLOP and the reduction against them.
+"""
+import sys
+
+import models
+from utils import checkpoint, cli
+from utils.data import get_spec, load_dataset
+from utils.errors import UserError
+from utils.flops import DEFAULT_ACTIVATION_IMAGES, RENDERERS, flop_table
+
+
+def get_args_parser():
+    parser = cli.new_parser(__doc__.splitlines()[0])
+    cli.add_model_args(parser, from_checkpoint=True)
+    parser.add_argument("--widths", type=cli.positive_int, nargs="+", default=None,
+                        help="without a checkpoint: build --model at these widths (as a compact "
+                             "model would have) instead of its default ones")
+    parser.add_argument("--act_images", type=cli.non_negative_int, default=DEFAULT_ACTIVATION_IMAGES,
+                        help="test images over which a pruned checkpoint's Act%% is measured "
+                             "(0: leave Han's Weights%%/Act%%/FLOP%% columns out)")
+    parser.add_argument("--format", choices=sorted(RENDERERS), default="markdown",
+                        help="markdown (the reference README's layout), csv or json")
+    return parser
+
+
+def is_sparse(model) -> bool:
+    """Pruned weight by weight: some weight or bias is exactly zero. Trained dense weights are
+    never exactly zero in practice, and a fresh model's are continuous random draws."""
+    return any(bool((p == 0).any()) for p in model.parameters())
+
+
+def build_table(args) -> dict:
+    loaded = None
+    if args.load_folder_model:
+        if args.widths:
+            raise UserError("--widths is for a model built from flags; a checkpoint brings its own")
+        loaded = checkpoint.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
+                                            expect_model=args.model, expect_dataset=args.dataset)
+        model = checkpoint.build_model(loaded)
+        dataset = loaded["dataset"]
+    elif not args.model:
+        raise UserError("give --model (and --dataset) to count a fresh model, or "
+                        "--load_folder_model to count a checkpoint")
+    else:
+        dataset = args.dataset or "mnist"
+        spec = get_spec(dataset)
+        model = models.create_model(args.model, spec.input_shape, spec.num_classes, args.widths)
+    input_shape = tuple(model.input_shape)
+
+    original = None
+    if tuple(model.widths) != tuple(type(model).default_widths):
+        original = models.create_model(model.registry_name, input_shape, model.num_classes)
+
+    images = None
+    if loaded is not None and args.act_images > 0 and is_sparse(model):
+        _, test, _ = load_dataset(dataset, args.data_dir, download=not args.no_download)
+        images = test.images[:args.act_images]
+
+    table = flop_table(model, input_shape, images=images, original=original)
+    table["dataset"] = dataset
+    table["checkpoint"] = loaded["path"] if loaded else None
+    return table
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    table = build_table(args)
+    if args.format == "markdown" and table["checkpoint"]:
+        print(f"{table['model']} on {table['dataset']}, {table['checkpoint']}\n")
+    sys.stdout.write(RENDERERS[args.format](table))
+    return table
+
+
+if __name__ == "__main__":
+    cli.run(main)
