@@ -37,5 +37,5 @@ def create_pruner(name: str, args) -> Pruner:
 
 
 # Importing the methods fills the registry.
-# from pruners import fpgm  # noqa: E402,F401
-# from pruners import songhan  # noqa: E402,F401
+from pruners import fpgm  # noqa: E402,F401
+from pruners import songhan  # noqa: E402,F401

@@ -1,0 +1,273 @@
+"""FPGM: filter pruning via geometric median (He et al., CVPR 2019).
+
+In every prunable layer (every conv and every hidden linear layer; never the classifier) the
+filters whose summed distance to all other filters of the layer is smallest lie nearest the
+layer's geometric median: what they compute the others can stand in for, so they go. Soft mode
+(the paper's schedule) zeroes them at the end of every retraining epoch and lets training update
+them again, so the selection can change; fixed mode holds the first selection at zero with a mask.
+Afterwards the selected filters are removed physically (models/compact.py): the result is a
+smaller dense model of the same class.
+"""
+import math
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as torch_prune
+
+from models.base import weight_layers
+from models.compact import compact_model
+from pruners import register_pruner
+from pruners.base import Pruner, PruneContext
+from utils.errors import UserError
+
+# floor(N x rate) in floating point can land just under an integer (0.29 x 100 =
+# 28.999999999999996); the tolerance keeps such products on the integer they denote.
+_FLOOR_TOLERANCE = 1e-9
+
+
+def pruned_count(filters: int, rate: float) -> int:
+    """floor(filters x rate), the number of filters a rate removes from a layer."""
+    return int(math.floor(filters * rate + _FLOOR_TOLERANCE))
+
+
+# ---- distances: one small class each, so the choice really switches the metric --------------
+
+class FilterDistance:
+    """Pairwise distances between the rows of an (N, D) matrix of flattened filters."""
+    name = ""
+
+    def pairwise(self, vectors: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class L2Distance(FilterDistance):
+    name = "l2"
+
+    def pairwise(self, vectors):
+        return torch.cdist(vectors, vectors, p=2.0)
+
+
+class L1Distance(FilterDistance):
+    name = "l1"
+
+    def pairwise(self, vectors):
+        return torch.cdist(vectors, vectors, p=1.0)
+
+
+class CosineDistance(FilterDistance):
+    """1 - cosine similarity. A zero filter has no direction; it is taken as orthogonal to all
+    (distance 1), which is what normalising with a small floor gives."""
+    name = "cos"
+
+    def pairwise(self, vectors):
+        unit = nn.functional.normalize(vectors, dim=1, eps=1e-12)
+        return 1.0 - unit @ unit.T
+
+
+DISTANCES = {cls.name: cls for cls in (L2Distance, L1Distance, CosineDistance)}
+
+
+class GeometricMedianFilters:
+    """Criterion: which output filters of a weight tensor to prune.
+
+    ``amount`` (a fraction) of the filters nearest the geometric median, after FPGM-mix's
+    ``norm_amount`` (a fraction) of smallest-norm filters; the two counts add up, as in the
+    official code (its rate_dist and 1 - rate_norm). Distances are computed among the filters
+    that survive the norm step only. Like torch.nn.utils.prune's methods, ``compute_mask`` turns
+    a tensor into a 0/1 mask; ``select`` gives the indices."""
+
+    def __init__(self, amount: float, distance: str = "l2", norm_amount: float = 0.0):
+        if distance not in DISTANCES:
+            raise UserError(f"unknown distance {distance!r}; choose one of: {', '.join(DISTANCES)}")
+        self.amount = amount
+        self.norm_amount = norm_amount
+        self.distance = DISTANCES[distance]()
+
+    def counts(self, filters: int):
+        return pruned_count(filters, self.norm_amount), pruned_count(filters, self.amount)
+
+    @torch.no_grad()
+    def select(self, weight: torch.Tensor) -> torch.Tensor:
+        """Sorted indices of the filters to prune (dimension 0 of ``weight``)."""
+        vectors = weight.detach().flatten(1).double()  # double: sums of many distances tie less
+        by_norm, by_distance = self.counts(len(vectors))
+        order = torch.argsort(vectors.norm(dim=1), stable=True)
+        smallest_norm, survivors = order[:by_norm], order[by_norm:]
+        scores = self.distance.pairwise(vectors[survivors]).sum(dim=1)
+        nearest_median = survivors[torch.argsort(scores, stable=True)[:by_distance]]
+        return torch.cat([smallest_norm, nearest_median]).sort().values
+
+    def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
+        mask = default_mask.clone()
+        mask[self.select(t)] = 0
+        return mask
+
+
+# ---- the pruner ------------------------------------------------------------------------------
+
+def _names(values: Optional[List[str]]) -> List[str]:
+    """--fpgm_exclude may be repeated and may hold comma-separated names."""
+    return [n.strip() for value in (values or []) for n in value.split(",") if n.strip()]
+
+
+@register_pruner("fpgm")
+class FPGMPruner(Pruner):
+
+    @staticmethod
+    def add_arguments(group) -> None:
+        group.add_argument("--fpgm_distance", choices=sorted(DISTANCES), default="l2",
+                           help="distance between flattened filters")
+        group.add_argument("--fpgm_norm_rate", type=float, default=0.0,
+                           help="FPGM-mix: fraction of each layer's filters removed first by "
+                                "smallest L2 norm, in addition to the --cut_rate fraction chosen "
+                                "by distance among the rest (the paper's mix 40%% is "
+                                "--cut_rate=0.1 --fpgm_norm_rate=0.3). 0 = FPGM only")
+        group.add_argument("--fpgm_mode", choices=("soft", "fixed"), default="soft",
+                           help="soft: reselect and zero at the end of every retraining epoch, "
+                                "zeroed filters keep training (the paper); fixed: keep the first "
+                                "selection, masked at zero (the official code's gradient mask)")
+        group.add_argument("--fpgm_exclude", action="append", default=None, metavar="LAYER[,LAYER]",
+                           help="layer names never pruned (repeatable or comma-separated), "
+                                "e.g. conv1; the classifier is never pruned")
+
+    def __init__(self, args):
+        super().__init__(args)
+        self.rate = float(args.cut_rate)
+        self.norm_rate = float(getattr(args, "fpgm_norm_rate", 0.0))
+        self.mode = getattr(args, "fpgm_mode", "soft")
+        self.exclude = _names(getattr(args, "fpgm_exclude", None))
+        if not 0 <= self.rate < 1:
+            raise UserError(f"--cut_rate must be in [0, 1), got {self.rate}")
+        if not 0 <= self.norm_rate < 1:
+            raise UserError(f"--fpgm_norm_rate must be in [0, 1), got {self.norm_rate}")
+        if self.mode not in ("soft", "fixed"):
+            raise UserError(f"--fpgm_mode must be soft or fixed, got {self.mode!r}")
+        if getattr(args, "pruning_epochs", 1) != 1:
+            raise UserError("fpgm prunes at the end of every one of the --epochs retraining "
+                            "epochs; --pruning_epochs is for songhan, leave it at 1")
+        self.criterion = GeometricMedianFilters(self.rate, getattr(args, "fpgm_distance", "l2"),
+                                                self.norm_rate)
+        self.selection: Dict[str, torch.Tensor] = {}
+        self.epoch_log: List[dict] = []
+        self.original_widths: Optional[list] = None
+        self.widths: Optional[list] = None
+
+    # -- which layers, how many ------------------------------------------------------------
+
+    def prunable_layers(self, model: nn.Module) -> Dict[str, nn.Module]:
+        """Every conv and hidden linear layer not excluded; checks the flags against the model
+        (unknown names, a layer emptied), so it runs before any training."""
+        layers = weight_layers(model)
+        hidden = dict(layers[:-1])
+        names = [name for name, _ in layers]
+        unknown = [n for n in self.exclude if n not in names]
+        if unknown:
+            raise UserError(f"--fpgm_exclude names no layer of {type(model).__name__}: "
+                            f"{', '.join(unknown)}; its layers are {', '.join(names)}")
+        chosen = {name: layer for name, layer in hidden.items() if name not in self.exclude}
+        for name, layer in chosen.items():
+            filters = layer.weight.shape[0]
+            by_norm, by_distance = self.criterion.counts(filters)
+            if by_norm + by_distance >= filters:
+                raise UserError(
+                    f"--cut_rate={self.rate} with --fpgm_norm_rate={self.norm_rate} would remove "
+                    f"all {filters} filters of {name} ({by_norm} by norm + {by_distance} by "
+                    "distance); lower the rates or --fpgm_exclude it")
+        return chosen
+
+    def select(self, layers: Dict[str, nn.Module]) -> Dict[str, torch.Tensor]:
+        return {name: self.criterion.select(layer.weight) for name, layer in layers.items()}
+
+    # -- soft mode -------------------------------------------------------------------------
+
+    @staticmethod
+    @torch.no_grad()
+    def _zero(layers: Dict[str, nn.Module], selection: Dict[str, torch.Tensor]):
+        for name, index in selection.items():
+            layers[name].weight[index.to(layers[name].weight.device)] = 0
+            if layers[name].bias is not None:
+                layers[name].bias[index.to(layers[name].bias.device)] = 0
+
+    def soft_step(self, layers: Dict[str, nn.Module], epoch: int, print_fn=None) -> dict:
+        """Reselect from the current weights and zero the selection. Records how many filters
+        zeroed last time have grown back and how many of them left the selection."""
+        new = self.select(layers)
+        regrown = left = 0
+        for name, old in self.selection.items():
+            weight = layers[name].weight.detach().flatten(1)
+            regrown += int((weight[old.to(weight.device)].abs().sum(dim=1) > 0).sum())
+            left += len(set(old.tolist()) - set(new[name].tolist()))
+        self._zero(layers, new)
+        self.selection = new
+        entry = {"epoch": epoch, "zeroed": sum(len(v) for v in new.values()),
+                 "regrown": regrown, "left": left}
+        self.epoch_log.append(entry)
+        if print_fn is not None:
+            print_fn(f"fpgm epoch {epoch}: zeroed {entry['zeroed']} filters; of the last "
+                     f"selection {regrown} had grown back and {left} left it")
+        return entry
+
+    # -- fixed mode ------------------------------------------------------------------------
+
+    def _mask_fixed(self, layers: Dict[str, nn.Module]):
+        """torch.nn.utils.prune masks: the forward uses weight_orig x mask, so the pruned
+        filters' gradients are masked and they stay exactly zero through every step."""
+        for name, layer in layers.items():
+            index = self.selection[name]
+            keep = torch.ones(layer.weight.shape[0], dtype=layer.weight.dtype,
+                              device=layer.weight.device)
+            keep[index.to(keep.device)] = 0
+            torch_prune.custom_from_mask(
+                layer, "weight", keep.view(-1, *([1] * (layer.weight.dim() - 1))).expand_as(layer.weight))
+            if layer.bias is not None:
+                torch_prune.custom_from_mask(layer, "bias", keep)
+
+    @staticmethod
+    def _unmask(layers: Dict[str, nn.Module]):
+        for layer in layers.values():
+            for tensor in ("weight", "bias"):
+                if hasattr(layer, f"{tensor}_mask"):
+                    torch_prune.remove(layer, tensor)
+
+    # -- the method ------------------------------------------------------------------------
+
+    def train_masked(self, model: nn.Module, context: PruneContext) -> Dict[str, torch.Tensor]:
+        """Soft- or fixed-prune ``model`` in place while retraining; returns the final selection
+        (its filters are zero in ``model``)."""
+        layers = self.prunable_layers(model)
+        self.selection, self.epoch_log = {}, []
+        print_fn = context.print_fn
+        if self.mode == "fixed":
+            self.selection = self.select(layers)
+            self._zero(layers, self.selection)
+            self._mask_fixed(layers)
+            try:
+                context.retrain(model)
+            finally:
+                self._unmask(layers)
+        else:
+            # The paper's schedule: train an epoch, then select and zero; no zeroing before the
+            # first epoch, so the optimizer holds state for every filter when it starts.
+            context.retrain(model, on_epoch_end=lambda epoch: self.soft_step(layers, epoch, print_fn))
+            if not self.epoch_log:  # --epochs=0: prune the trained weights once
+                self.soft_step(layers, 0, print_fn)
+        return self.selection
+
+    def prune(self, model: nn.Module, context: PruneContext) -> nn.Module:
+        self.original_widths = list(model.widths)
+        selection = self.train_masked(model, context)
+        small = compact_model(model, {name: index.tolist() for name, index in selection.items()})
+        self.widths = list(small.widths)
+        context.print_fn(f"fpgm: widths {self.original_widths} -> {self.widths} "
+                         f"({self.mode} mode, {self.criterion.distance.name} distance)")
+        return small
+
+    def metadata(self) -> dict:
+        return {
+            "method": self.name, "cut_rate": self.rate, "norm_rate": self.norm_rate,
+            "distance": self.criterion.distance.name, "mode": self.mode, "exclude": self.exclude,
+            "original_widths": self.original_widths, "widths": self.widths,
+            "pruned_filters": {name: index.tolist() for name, index in self.selection.items()},
+            "epochs": self.epoch_log,
+        }
