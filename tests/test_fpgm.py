@@ -303,3 +303,15 @@ def test_unknown_distance_is_an_argparse_error(caffe_checkpoint):
     name, ckpt_dir, data_dir = caffe_checkpoint
     code, _ = run_script(pruning.main, pruning_argv(name, ckpt_dir, data_dir, "--fpgm_distance=l3"))
     assert code == 2
+
+
+def test_speed_benchmark_runs_and_reports_ratios(trained_checkpoint):
+    from benchmarks import fpgm_speed
+    path, _, data_dir = trained_checkpoint("lenet_5_caffe")
+    results = fpgm_speed.main([f"--load_folder_model={path}", f"--data_dir={data_dir}",
+                               "--batch_size=8", "--rounds=1", "--samples=1", "--warmup=1",
+                               "--alexnet_images=32", "--alexnet_samples=1"])
+    # the FLOP ratio is exact: widths (20, 50, 500) -> (12, 30, 300) on 28x28 inputs
+    assert results["lenet_5_caffe"]["flop_ratio"] == pytest.approx(4_586_000 / 1_791_600)
+    assert results["alexnet"]["flop_ratio"] > 2
+    assert all(r["throughput_speedup"] > 0 and r["latency_speedup"] > 0 for r in results.values())

@@ -1,0 +1,182 @@
+"""What FPGM's physical removal buys in measured CPU speed: dense vs compact, and AlexNet end to end.
+
+    python benchmarks/fpgm_speed.py --load_folder_model=lenet_5_caffe_mnist_acc_0.9915_epoch_30
+    python benchmarks/fpgm_speed.py                      # random lenet_5_caffe weights
+
+1. lenet_5_caffe. From a dense checkpoint (or random weights when none is given) FPGM's criterion
+   picks --cut_rate of every layer's filters and the compact model is built; a checkpoint that
+   pruning.py already compacted is timed against a model of its original widths instead. Speed
+   depends on the widths only, so no retraining is needed to time it. Printed: FLOPs (2 x MAC,
+   as calFLOP.py counts them), throughput at --batch_size and latency at batch 1, each the median
+   of --rounds rounds that alternate dense and compact (so load from other processes hits both
+   alike), every round itself a median of --samples passes after warm-up, in eval mode under
+   torch.inference_mode.
+2. alexnet end to end on a small MNIST subset (--alexnet_images training images, one epoch):
+   train the dense model, prune it with fpgm through the same pruner and shared training loop
+   pruning.py uses (one soft-pruning epoch), compact it, and print accuracy, FLOPs and speed-up.
+   Reads MNIST from --data_dir; never downloads.
+"""
+import argparse
+import copy
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import models  # noqa: E402
+import pruning  # noqa: E402
+from models.compact import compact_model  # noqa: E402
+from pruners import PruneContext, create_pruner  # noqa: E402
+from utils import checkpoint  # noqa: E402
+from utils.data import get_spec, load_dataset  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+from utils.flops import FLOP_CONVENTION, layer_stats  # noqa: E402
+from utils.timing import time_inference  # noqa: E402
+from utils.training import evaluate, fit, make_optimizer, make_scheduler, seed_everything  # noqa: E402
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--load_folder_model", default=None,
+                        help="lenet_5_caffe checkpoint (dense baseline or fpgm-compacted) in "
+                             "--checkpoint_dir, or a path; random weights when not given")
+    parser.add_argument("--checkpoint_dir", default="checkpoints", help="where checkpoints are read")
+    parser.add_argument("--data_dir", default="./data", help="where MNIST lives (never downloaded)")
+    parser.add_argument("--cut_rate", type=float, default=0.4, help="fraction of filters FPGM removes per layer")
+    parser.add_argument("--batch_size", type=int, default=256, help="images per pass for throughput")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating dense/compact rounds")
+    parser.add_argument("--samples", type=int, default=30, help="timed passes per round, after warm-up")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed passes before each round")
+    parser.add_argument("--alexnet_images", type=int, default=512,
+                        help="MNIST training images for the alexnet run (0 skips it)")
+    parser.add_argument("--alexnet_samples", type=int, default=5,
+                        help="timed passes per round for alexnet (a batch of 256 is ~13 GFLOP)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for weights, order and dropout")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's choice); on a machine shared "
+                             "with other jobs, 1 avoids threads waiting on each other")
+    return parser
+
+
+def fpgm_flags(cut_rate: float, **overrides) -> argparse.Namespace:
+    """pruning.py's own flags and defaults for fpgm, so this runs what the script runs."""
+    args = pruning.get_args_parser().parse_args(["--pruning_method=fpgm", f"--cut_rate={cut_rate}"])
+    vars(args).update(overrides)
+    return args
+
+
+def prune_untrained(model, cut_rate: float):
+    """FPGM's selection on the current weights, zeroed, then removed: the compact model."""
+    masked = copy.deepcopy(model)
+    pruner = create_pruner("fpgm", fpgm_flags(cut_rate))
+    pruner.soft_step(pruner.prunable_layers(masked), epoch=0)
+    selection = {name: index.tolist() for name, index in pruner.selection.items()}
+    return compact_model(masked, selection), masked
+
+
+def flops(model) -> int:
+    return sum(s.flops for s in layer_stats(model, model.input_shape))
+
+
+def alternate_timing(dense, compact, images, rounds, samples, warmup) -> dict:
+    """Median ms per pass of each model, over rounds that alternate the two."""
+    medians = {"dense": [], "compact": []}
+    for _ in range(rounds):
+        for key, model in (("dense", dense), ("compact", compact)):
+            medians[key].append(time_inference(model, images, samples, warmup)["median_ms"])
+    return {key: statistics.median(values) for key, values in medians.items()}
+
+
+def compare(dense, compact, args, samples, label):
+    """Print FLOPs, throughput and latency of dense vs compact; return the figures."""
+    torch.manual_seed(args.seed)
+    batch = torch.randn(args.batch_size, *dense.input_shape)
+    single = batch[:1].clone()
+    f_dense, f_compact = flops(dense), flops(compact)
+    throughput = alternate_timing(dense, compact, batch, args.rounds, samples, args.warmup)
+    latency = alternate_timing(dense, compact, single, args.rounds, samples, args.warmup)
+    flop_ratio = f_dense / f_compact
+    speedup = throughput["dense"] / throughput["compact"]
+    print(f"\n{label}")
+    print(f"  widths              {list(dense.widths)} -> {list(compact.widths)}")
+    print(f"  parameters          {sum(p.numel() for p in dense.parameters()):,} -> "
+          f"{sum(p.numel() for p in compact.parameters()):,}")
+    print(f"  FLOPs per image     {f_dense:,} -> {f_compact:,}  ({1 - f_compact / f_dense:.1%} fewer, "
+          f"ratio {flop_ratio:.2f}x)")
+    for name, timing, size in (("throughput", throughput, args.batch_size), ("latency", latency, 1)):
+        print(f"  {name:<10} batch {size:<4} {timing['dense']:.3f} ms -> {timing['compact']:.3f} ms"
+              f"  ({size * 1000 / timing['dense']:,.0f} -> {size * 1000 / timing['compact']:,.0f} img/s, "
+              f"speed-up {timing['dense'] / timing['compact']:.2f}x)")
+    print(f"  throughput speed-up / FLOP ratio = {speedup / flop_ratio:.2f}")
+    return {"flop_ratio": flop_ratio, "throughput_speedup": speedup,
+            "latency_speedup": latency["dense"] / latency["compact"]}
+
+
+def lenet_5_caffe(args):
+    spec = get_spec("mnist")
+    if args.load_folder_model:
+        loaded = checkpoint.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
+                                            expect_model="lenet_5_caffe")
+        model = checkpoint.build_model(loaded)
+        original = (loaded.get("pruning") or {}).get("original_widths")
+        if original and list(original) != list(model.widths):  # already compacted by pruning.py
+            dense = models.create_model("lenet_5_caffe", model.input_shape, model.num_classes, original)
+            return compare(dense, model, args, args.samples,
+                           f"lenet_5_caffe: {Path(loaded['path']).name} vs its original widths")
+        source = Path(loaded["path"]).name
+    else:
+        torch.manual_seed(args.seed)
+        model = models.create_model("lenet_5_caffe", spec.input_shape, spec.num_classes)
+        source = "random weights"
+    compact, _ = prune_untrained(model, args.cut_rate)
+    return compare(model, compact, args, args.samples,
+                   f"lenet_5_caffe ({source}), fpgm at cut_rate {args.cut_rate}")
+
+
+def alexnet_end_to_end(args):
+    """Train alexnet one epoch on a subset, fpgm-prune with one retraining epoch, compact."""
+    generator = seed_everything(args.seed)
+    train, test, spec = load_dataset("mnist", args.data_dir, download=False)
+    train, test = train.subset(args.alexnet_images), test.subset(max(args.alexnet_images // 2, 1))
+    model = models.create_model("alexnet", spec.input_shape, spec.num_classes)
+    optimizer = make_optimizer("adam", model.parameters(), 1e-3)
+    print(f"\nalexnet on {len(train)} MNIST training images, {len(test)} test images")
+    fit(model, train, test, 1, 64, optimizer, make_scheduler("constant", optimizer, 1),
+        generator=generator, progress=False, print_fn=lambda line: print(f"  dense   {line}"))
+    dense_acc = evaluate(model, test)["acc"]
+    pruner = create_pruner("fpgm", fpgm_flags(args.cut_rate))
+    context = PruneContext(train=train, test=test, epochs=1, batch_size=64, learning_rate=1e-4,
+                           generator=generator, progress=False,
+                           print_fn=lambda line: print(f"  fpgm    {line}"))
+    dense = copy.deepcopy(model)  # prune() zeroes filters in the model it is given
+    compact = pruner.prune(model, context)
+    print(f"  accuracy on the subset: dense {dense_acc:.2%}, compact {evaluate(compact, test)['acc']:.2%}"
+          " (one epoch on a few hundred images: a smoke figure, not a result)")
+    # a dense pass over 256 images takes a sizeable fraction of a second: fewer warm-up passes
+    warm = argparse.Namespace(**{**vars(args), "warmup": min(args.warmup, 2)})
+    return compare(dense, compact, warm, args.alexnet_samples,
+                   f"alexnet, fpgm at cut_rate {args.cut_rate}")
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    if not 0 <= args.cut_rate < 1:
+        raise UserError(f"--cut_rate must be in [0, 1), got {args.cut_rate}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
+          f"median of {args.rounds} alternating rounds")
+    results = {"lenet_5_caffe": lenet_5_caffe(args)}
+    if args.alexnet_images > 0:
+        results["alexnet"] = alexnet_end_to_end(args)
+    print(f"\n({FLOP_CONVENTION})")
+    return results
+
+
+if __name__ == "__main__":
+    from utils.cli import run
+    run(main)
