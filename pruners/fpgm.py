@@ -152,6 +152,7 @@ class FPGMPruner(Pruner):
         self.epoch_log: List[dict] = []
         self.original_widths: Optional[list] = None
         self.widths: Optional[list] = None
+        self.compact_difference: Optional[float] = None
 
     # -- which layers, how many ------------------------------------------------------------
 
@@ -259,9 +260,23 @@ class FPGMPruner(Pruner):
         selection = self.train_masked(model, context)
         small = compact_model(model, {name: index.tolist() for name, index in selection.items()})
         self.widths = list(small.widths)
+        self.compact_difference = self._max_difference(model, small, context.test.images[:256])
         context.print_fn(f"fpgm: widths {self.original_widths} -> {self.widths} "
-                         f"({self.mode} mode, {self.criterion.distance.name} distance)")
+                         f"({self.mode} mode, {self.criterion.distance.name} distance); compact vs "
+                         f"masked model: max |logit difference| {self.compact_difference:.2e} "
+                         f"on {min(len(context.test), 256)} test images")
         return small
+
+    @staticmethod
+    @torch.no_grad()
+    def _max_difference(masked: nn.Module, small: nn.Module, images: torch.Tensor) -> float:
+        """Evidence, on every run, that removal kept the function the masked model computes."""
+        modes = masked.training, small.training
+        masked.eval(), small.eval()
+        try:
+            return float((masked(images) - small(images)).abs().max()) if len(images) else 0.0
+        finally:
+            masked.train(modes[0]), small.train(modes[1])
 
     def metadata(self) -> dict:
         return {
@@ -269,5 +284,5 @@ class FPGMPruner(Pruner):
             "distance": self.criterion.distance.name, "mode": self.mode, "exclude": self.exclude,
             "original_widths": self.original_widths, "widths": self.widths,
             "pruned_filters": {name: index.tolist() for name, index in self.selection.items()},
-            "epochs": self.epoch_log,
+            "epochs": self.epoch_log, "compact_max_difference": self.compact_difference,
         }

@@ -277,6 +277,7 @@ def test_pruning_script_end_to_end(caffe_checkpoint):
     assert saved["config"]["widths"] == [12, 30, 300]
     assert saved["pruning"]["method"] == "fpgm" and saved["pruning"]["original_widths"] == [20, 50, 500]
     assert [e["epoch"] for e in saved["pruning"]["epochs"]] == [1]
+    assert saved["pruning"]["compact_max_difference"] < 1e-5
     # the file alone rebuilds the compact model, with the accuracy the script measured
     from utils.training import evaluate
     _, test, _ = load_dataset("mnist", data_dir, download=False)
