@@ -82,7 +82,8 @@ def main(argv=None):
         ("inference time", format_timing(timing)),
         ("checkpoint", str(saved) if saved else "not saved (no training)"),
     ])
-    return metrics
+    # The path lets callers (benchmarks/reproduce.py) find the file it wrote; like pruning.py's.
+    return {**metrics, "path": str(saved) if saved else None}
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import models
 from utils import checkpoint, cli
 from utils.data import get_spec, load_dataset
 from utils.errors import UserError
-from utils.flops import DEFAULT_ACTIVATION_IMAGES, RENDERERS, flop_table
+from utils.flops import DEFAULT_ACTIVATION_IMAGES, RENDERERS, is_sparse, model_table
 
 
 def get_args_parser():
@@ -28,12 +28,6 @@ def get_args_parser():
     parser.add_argument("--format", choices=sorted(RENDERERS), default="markdown",
                         help="markdown (the reference README's layout), csv or json")
     return parser
-
-
-def is_sparse(model) -> bool:
-    """Pruned weight by weight: some weight or bias is exactly zero. Trained dense weights are
-    never exactly zero in practice, and a fresh model's are continuous random draws."""
-    return any(bool((p == 0).any()) for p in model.parameters())
 
 
 def build_table(args) -> dict:
@@ -52,18 +46,14 @@ def build_table(args) -> dict:
         dataset = args.dataset or "mnist"
         spec = get_spec(dataset)
         model = models.create_model(args.model, spec.input_shape, spec.num_classes, args.widths)
-    input_shape = tuple(model.input_shape)
-
-    original = None
-    if tuple(model.widths) != tuple(type(model).default_widths):
-        original = models.create_model(model.registry_name, input_shape, model.num_classes)
 
     images = None
+    # Act% needs the dataset: read it only for a pruned checkpoint, the one case that uses it.
     if loaded is not None and args.act_images > 0 and is_sparse(model):
         _, test, _ = load_dataset(dataset, args.data_dir, download=not args.no_download)
         images = test.images[:args.act_images]
 
-    table = flop_table(model, input_shape, images=images, original=original)
+    table = model_table(model, images)
     table["dataset"] = dataset
     table["checkpoint"] = loaded["path"] if loaded else None
     return table

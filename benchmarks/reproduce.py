@@ -362,13 +362,18 @@ def _kb(size: int) -> str:
     return f"{size / 1024:,.1f} KB"
 
 
+def _epochs(count: int) -> str:
+    return f"{count} epoch" + ("" if count == 1 else "s")
+
+
 def method_label(record: dict) -> str:
     """What was done, from the flags the checkpoint recorded."""
     flags = record["flags"]
     if not record.get("method"):
-        return f"none, {flags['epochs']} epochs"
+        return f"none, {_epochs(flags['epochs'])}"
     rounds = flags.get("pruning_epochs", 1)
-    schedule = f"{rounds} rounds x {flags['epochs']} epochs" if rounds > 1 else f"{flags['epochs']} epochs"
+    schedule = (f"{rounds} rounds x {_epochs(flags['epochs'])}" if rounds > 1
+                else _epochs(flags["epochs"]))
     if record["method"] == "fpgm":
         return f"fpgm, {flags['cut_rate']:.0%} of filters, {schedule}"
     return f"{record['method']}, cut {flags['cut_rate']}, {schedule}"
@@ -588,6 +593,8 @@ def plot_accuracy_vs_kept(kept, path: Path):
         points = sorted((fraction, acc) for m, fraction, acc, _, _ in kept if m == model)
         ax.plot([100 * f for f, _ in points], [100 * a for _, a in points], marker="o", label=model)
     ax.set_xscale("log")
+    ticks = [t for t in (1, 2, 5, 10, 20, 50, 100) if t >= 100 * min(row[1] for row in kept) / 2]
+    ax.set_xticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("weights kept (%, log scale)")
     ax.set_ylabel("top-1 test accuracy (%)")
     ax.set_title("songhan magnitude pruning on MNIST")

@@ -290,3 +290,25 @@ def render_json(table: dict) -> str:
 
 
 RENDERERS = {"markdown": render_markdown, "csv": render_csv, "json": render_json}
+
+
+def is_sparse(model: nn.Module) -> bool:
+    """Pruned weight by weight: some weight or bias is exactly zero. Trained dense weights are
+    never exactly zero in practice, and a fresh model's are continuous random draws."""
+    return any(bool((p == 0).any()) for p in model.parameters())
+
+
+def original_of(model: nn.Module) -> Optional[nn.Module]:
+    """The same class at its original widths when ``model`` is a compact (structurally pruned)
+    one, else None. Only the shapes matter here, so the weights stay as initialised."""
+    default = tuple(getattr(type(model), "default_widths", ()))
+    if not default or tuple(model.widths) == default:
+        return None
+    return type(model)(model.input_shape, model.num_classes)
+
+
+def model_table(model: nn.Module, images: Optional[torch.Tensor] = None) -> dict:
+    """calFLOP.py's table for a model as it stands: Han's columns when it is sparse and test
+    ``images`` are given, the original widths' figures when it is compact."""
+    images = images if images is not None and is_sparse(model) else None
+    return flop_table(model, model.input_shape, images=images, original=original_of(model))
