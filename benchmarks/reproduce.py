@@ -612,9 +612,13 @@ def plots(args) -> List[Path]:
     out_dir = Path(args.plots_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     made = []
+    if args.hist_experiment not in BY_ID or not BY_ID[args.hist_experiment].parent:
+        raise UserError(f"--hist_experiment must be a pruning experiment: "
+                        f"{', '.join(e.id for e in EXPERIMENTS if e.parent)}")
     pruned = found.get(args.hist_experiment)
-    parent = found.get(BY_ID[args.hist_experiment].parent) if args.hist_experiment in BY_ID else None
-    if pruned and parent:
+    parent = found.get(BY_ID[args.hist_experiment].parent)
+    files_there = pruned and parent and all((ROOT / r["checkpoint"]).is_file() for r in (parent, pruned))
+    if files_there:
         weights = []
         for record in (parent, pruned):
             state = load_checkpoint(str(ROOT / record["checkpoint"]))["state_dict"]
@@ -627,7 +631,8 @@ def plots(args) -> List[Path]:
                               f"{pruned['model']} {args.hist_layer}: {method_label(pruned)}", path)
         made.append(path)
     else:
-        print(f"no weight histogram: {args.hist_experiment} and its baseline are not both recorded")
+        print(f"no weight histogram: {args.hist_experiment} and its baseline are not both "
+              f"recorded with their checkpoints on disk")
     kept = kept_rows(found)
     if kept:
         path = out_dir / PLOT_FILES[1]
