@@ -1,7 +1,7 @@
 """Rerun, from nothing, every experiment behind the README's results tables; record each run as
 one JSON line; regenerate the README's tables (and the plots) from those records alone.
 
-    python benchmarks/reproduce.py                  # run all, then report and plots (~35-50 min here)
+    python benchmarks/reproduce.py                  # run all, then plots and report (15-30 min here)
     python benchmarks/reproduce.py run --quick      # smoke run, 1 epoch each, into results/quick/
     python benchmarks/reproduce.py run --only baseline_lenet_5_caffe fpgm_40_lenet_5_caffe
     python benchmarks/reproduce.py report           # README.md tables from results/runs.jsonl
@@ -13,9 +13,10 @@ for the weight histograms, the checkpoints the records name), so the README can 
 without training anything. The report replaces only what lies between the README's
 <!-- results:begin --> and <!-- results:end --> markers.
 
-Epochs (full run) are chosen to fit an hour on a 2-core CPU that is also doing other work:
-lenet_300_100 ~1.3 s/epoch, lenet_5 ~3 s/epoch, lenet_5_caffe ~10-30 s/epoch here. The 42
-lenet_5_caffe epochs (20 baseline, 3x4 songhan, 10 fpgm) dominate: 7-21 minutes.
+Epochs (full run; `--list` prints them) are chosen to fit well inside an hour on this 2-core
+CPU: lenet_300_100 97 epochs at ~1 s, lenet_5 40 at 3-8 s, lenet_5_caffe 42 (20 baseline, 3x4
+songhan, 10 fpgm) at 10-30 s, plus evaluation and timing: 15-30 minutes when the machine is idle.
+Under heavy sharing an epoch can take 4x longer (the quick run here saw lenet_5_caffe at 110 s).
 """
 import contextlib
 import json
@@ -687,9 +688,14 @@ def resolve_defaults(args):
 def main(argv=None):
     args = resolve_defaults(get_args_parser().parse_args(argv))
     if args.list:
+        epochs = {}
         for experiment in EXPERIMENTS:
-            print(f"{experiment.id:<32} python {experiment.script}.py "
-                  f"{' '.join(experiment.quick if args.quick else experiment.flags)}")
+            flags = experiment.quick if args.quick else experiment.flags
+            print(f"{experiment.id:<32} python {experiment.script}.py {' '.join(flags)}")
+            values = dict(f.split("=", 1) for f in flags if "=" in f)
+            count = int(values["--epochs"]) * int(values.get("--pruning_epochs", 1))
+            epochs[experiment.model] = epochs.get(experiment.model, 0) + count
+        print("training epochs in all: " + ", ".join(f"{m} {n}" for m, n in epochs.items()))
         return None
     if args.step in ("all", "run"):
         run(args)
