@@ -27,13 +27,6 @@ def get_args_parser():
                              "(0: leave Han's Weights%%/Act%%/FLOP%% columns out)")
     parser.add_argument("--format", choices=sorted(RENDERERS), default="markdown",
                         help="markdown (the reference README's layout), csv or json")
-
-    def one_line_error(message):
-        # argparse would print its usage block first; a bad flag here is one line, like the
-        # other errors a user can cause (cli.run prints it and exits 2).
-        raise UserError(f"{message}; see python calFLOP.py --help")
-
-    parser.error = one_line_error
     return parser
 
 

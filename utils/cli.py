@@ -42,9 +42,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A bad flag is one line and exit 2 like every other error a user can cause; argparse
+    would print its whole usage block first."""
+
+    def error(self, message):
+        raise UserError(f"{message}; see python {self.prog} --help")
+
+
 def new_parser(description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(description=description,
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return OneLineErrorParser(description=description,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
 def add_model_args(parser, from_checkpoint: bool = False):
