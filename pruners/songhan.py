@@ -189,7 +189,8 @@ def schedule_sparsity(target: float, rounds: int) -> List[float]:
     """Sparsity after each round, reaching ``target`` at the last. Each round removes the same
     fraction of the weights still alive (density (1-target)^(i/N)), so later rounds, when the
     network has less slack, remove fewer weights in absolute terms, as in Han's iterations."""
-    return [1 - (1 - target) ** (i / rounds) for i in range(1, rounds + 1)]
+    steps = [1 - (1 - target) ** (i / rounds) for i in range(1, rounds)]
+    return steps + [target]  # the target itself, not a float power that lands a hair off
 
 
 def adjusted_dropout(rate: float, connections_original: int, connections_now: int) -> float:
