@@ -121,8 +121,9 @@ class FPGMPruner(Pruner):
         group.add_argument("--fpgm_norm_rate", type=float, default=0.0,
                            help="FPGM-mix: fraction of each layer's filters removed first by "
                                 "smallest L2 norm, in addition to the --cut_rate fraction chosen "
-                                "by distance among the rest (the paper's mix 40%% is "
-                                "--cut_rate=0.1 --fpgm_norm_rate=0.3). 0 = FPGM only")
+                                "by distance among the rest; the two add up as in the official "
+                                "code (its --rate_norm 0.7 --rate_dist 0.1 is "
+                                "--fpgm_norm_rate=0.3 --cut_rate=0.1). 0 = FPGM only")
         group.add_argument("--fpgm_mode", choices=("soft", "fixed"), default="soft",
                            help="soft: reselect and zero at the end of every retraining epoch, "
                                 "zeroed filters keep training (the paper); fixed: keep the first "
