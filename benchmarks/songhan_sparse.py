@@ -19,6 +19,7 @@ checkpoint is pruned the same way (no retraining). No network.
     python benchmarks/songhan_sparse.py --load_folder_model=lenet_300_100_mnist_acc_0.9838_epoch_30
 """
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -28,7 +29,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -37,7 +37,8 @@ from models.base import weight_layers  # noqa: E402
 from pruners.songhan import SongHanPruner, find_cut, magnitude_keys  # noqa: E402
 from utils import checkpoint  # noqa: E402
 from utils.cli import run  # noqa: E402
-from utils.sparse_linear import (AUTO_MAX_DENSITY, AUTO_MIN_BATCH, SparseLinear,  # noqa: E402
+from utils.sparse_linear import (AUTO_MAX_DENSITY, AUTO_MIN_BATCH, AUTO_MIN_WEIGHTS,  # noqa: E402
+                                 SparseLinear,
                                  sparse_layers, sparsify_linear_layers)
 from utils.timing import time_inference  # noqa: E402
 
@@ -158,8 +159,8 @@ def layer_grid(args):
 
 def model_grid(args):
     print(f"\n2b. whole lenet_300_100 (global magnitude pruning): dense vs --sparse_inference=on, "
-          f"and what auto picks (layers at density <= {AUTO_MAX_DENSITY:.0%}, CSR for batches "
-          f">= {AUTO_MIN_BATCH})")
+          f"and what auto picks (layers at density <= {AUTO_MAX_DENSITY:.0%} with >= "
+          f"{AUTO_MIN_WEIGHTS:,} weights, CSR for batches >= {AUTO_MIN_BATCH})")
     print("   density  mode " + "".join(f"{'batch ' + str(b):>12}" for b in args.batch_sizes)
           + "   sparse layers")
     base = _lenet(args)
@@ -180,7 +181,6 @@ def model_grid(args):
 
 
 def _clone(model):
-    import copy
     return copy.deepcopy(model)
 
 

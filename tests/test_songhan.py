@@ -19,8 +19,8 @@ from tests.conftest import run_script
 from utils import checkpoint
 from utils.data import Split
 from utils.errors import UserError
-from utils.sparse_linear import (AUTO_MAX_DENSITY, AUTO_MIN_BATCH, SparseLinear, sparse_layers,
-                                 sparsify_linear_layers)
+from utils.sparse_linear import (AUTO_MAX_DENSITY, AUTO_MIN_BATCH, AUTO_MIN_WEIGHTS, SparseLinear,
+                                 sparse_layers, sparsify_linear_layers)
 
 MNIST = (1, 28, 28)
 
@@ -268,7 +268,9 @@ def test_sparse_inference_equals_dense(batch):
 def test_sparse_inference_modes_pick_layers_by_density():
     sparse = _pruned_lenet(0.05)
     assert sparse_layers(sparsify_linear_layers(sparse, "on")) == ("fc1", "fc2", "fc3")
-    assert sparse_layers(sparsify_linear_layers(sparse, "auto")) == ("fc1", "fc2", "fc3")
+    # auto: only layers sparse and big enough (fc1, 235,200 weights; not fc2's 30,000)
+    assert sparse.fc2.weight.numel() < AUTO_MIN_WEIGHTS <= sparse.fc1.weight.numel()
+    assert sparse_layers(sparsify_linear_layers(sparse, "auto")) == ("fc1",)
     assert sparsify_linear_layers(sparse, "off") is sparse
     assert sparse_layers(sparse) == ()  # the original model is never modified
     half = _pruned_lenet(0.5)

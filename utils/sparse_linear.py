@@ -3,20 +3,28 @@ layout, so the work scales with the nonzero weights instead of all of them.
 
 When it pays (``auto``): a CSR product skips the zeros but walks index arrays and vectorises
 worse than a dense GEMM, so it only wins when the weight is sparse enough and the batch large
-enough to amortise the per-call overhead. Measured on this machine's CPU (2 cores, torch 2.14.1,
-one thread, 10th percentile of 40 timed calls after 5 warm-up calls, inference_mode; the grid is
-what ``benchmarks/songhan_sparse.py --grid`` prints), speed-up of CSR over dense F.linear:
+enough to amortise the per-call overhead, and the layer big enough for the saved multiplies to
+outweigh the index walking. Measured on this machine's CPU (2 cores, torch 2.14.1, torch's default
+2 threads, the machine otherwise idle) by section 2a of ``python benchmarks/songhan_sparse.py``:
+random weights zeroed to the density, torch.rand inputs, eval + inference_mode, 10 warm-up calls,
+median of 50 timed calls, dense and CSR alternating over 3 rounds. CSR (torch.addmm) speed-up over
+dense F.linear:
 
-    Linear(784->300)  density 2%: 1.5x at batch 1, 4-8x at batch 16-1024
-                      density 8%: 0.6x at batch 1, 2.2x at batch 16-256
-                      density 12%: 0.55x at batch 1, 1.2-1.8x at batch 16-256
-                      density 20%: 0.3x at batch 1, 0.8-1.1x at batch 16-1024 (no gain)
-    Linear(300->100)  density 8%: 0.45x at batch 1, 1.0-1.3x at batch 64-1024
-                      density 12%: 0.4x at batch 1, 0.9-1.0x at batch 64-1024 (no gain)
+                      batch 1   batch 16   batch 64   batch 256   batch 1024
+    784->300  2%       1.18x     1.03x      2.20x      2.32x       2.59x
+              5%       0.94x     1.46x      1.68x      1.73x       1.63x
+              8%       0.83x     1.15x      1.37x      1.42x       1.29x
+             12%       0.66x     0.98x      1.16x      1.14x       1.01x
+             20%       0.57x     0.90x      0.90x      0.74x       0.70x
+    300->100  2%       0.46x     0.57x      0.81x      0.90x       1.25x
+              8%       0.43x     0.51x      0.68x      0.69x       0.83x
 
-So ``auto`` swaps a layer at density <= AUTO_MAX_DENSITY and, per call, uses the CSR kernel only
-for batches of at least AUTO_MIN_BATCH rows (smaller ones go through the dense weight, kept for
-that). ``on`` uses CSR for every pruned linear layer and every batch; ``off`` changes nothing.
+So ``auto`` swaps a layer only if its density is <= AUTO_MAX_DENSITY (the 784->300 crossover is
+near 12%) and it holds at least AUTO_MIN_WEIGHTS weights (300->100, 30,000 weights, loses at every
+density and batch up to 256), and per call uses CSR only for batches of at least AUTO_MIN_BATCH
+rows (at batch 1 dense wins from 5% density up; batch 16 gains 1.15x at 8%, too thin a margin);
+smaller batches go through the dense weight, kept for that. ``on`` uses CSR for every pruned
+linear layer and every batch; ``off`` changes nothing.
 """
 import copy
 import warnings
@@ -27,8 +35,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 SPARSE_INFERENCE_MODES = ("auto", "on", "off")
-AUTO_MAX_DENSITY = 0.10   # below the ~12-15% crossover measured above, with a margin
-AUTO_MIN_BATCH = 16       # at batch 1 dense wins at every density >= 5% measured above
+AUTO_MAX_DENSITY = 0.10    # below the ~12% crossover measured above, with a margin
+AUTO_MIN_WEIGHTS = 100_000  # between 300->100 (never pays) and 784->300 (pays)
+AUTO_MIN_BATCH = 32         # 1.37-1.42x at 8% density from batch 64 up; 1.15x at 16
 
 
 def to_csr(weight: torch.Tensor) -> torch.Tensor:
@@ -85,7 +94,9 @@ def sparsify_linear_layers(model: nn.Module, mode: str = "auto") -> nn.Module:
     for name, module in model.named_modules():
         if isinstance(module, nn.Linear):
             density = _density(module)
-            if (mode == "on" and density < 1) or (mode == "auto" and density <= AUTO_MAX_DENSITY):
+            big = module.weight.numel() >= AUTO_MIN_WEIGHTS
+            if (mode == "on" and density < 1) or (mode == "auto" and density <= AUTO_MAX_DENSITY
+                                                  and big):
                 chosen.append(name)
     if not chosen:
         return model
