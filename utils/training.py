@@ -107,11 +107,6 @@ def fit(model: nn.Module, train: Split, test: Split, epochs: int, batch_size: in
     """Train for ``epochs`` epochs, evaluating on ``test`` after each; one summary line each.
     ``on_epoch_end(epoch)`` runs after the epoch's training and before its evaluation, so what
     it changes (FPGM's soft pruning) is what gets measured."""
-    # Once the training loss nears zero, Adam's moment estimates and the gradients fall into
-    # float32's subnormal range, and x86 CPUs compute on subnormals up to ~100x slower: a
-    # LeNet-5-Caffe epoch here went from 25 s to 175-230 s late in training. Flushing them to
-    # zero changes values below 1e-38 only. (No effect on CUDA.)
-    torch.set_flush_denormal(True)
     loader = BatchLoader(train, batch_size, shuffle=True, augment=augment, generator=generator)
     history = []
     for epoch in range(1, epochs + 1):
