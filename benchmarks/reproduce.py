@@ -73,7 +73,8 @@ HAN_LENET_300 = {"source": "Han et al. 2015", "dataset": "MNIST", "model": "LeNe
 HAN_LENET_5 = {"source": "Han et al. 2015", "dataset": "MNIST", "model": "LeNet-5 (Caffe)"}
 
 BASELINE = ("--dataset=mnist", "--learning_rate=0.001", "--batch_size=256")
-RETRAIN = ("--learning_rate=0.0001", "--batch_size=256")  # a tenth of the baseline's, as Han et al.
+LENET_5_BASELINE = ("--dataset=mnist", "--learning_rate=0.005", "--batch_size=256")
+RETRAIN = ("--batch_size=256",)  # retraining rate: pruning.py's default, a tenth of the baseline's
 
 EXPERIMENTS: List[Experiment] = [
     Experiment("baseline_lenet_300_100", "LeNet-300-100 baseline", "baseline", "lenet_300_100",
@@ -81,8 +82,10 @@ EXPERIMENTS: List[Experiment] = [
                reference={"top1": "98.13%"},
                paper={**HAN_LENET_300, "method": "none", "top1": "98.36% (1.64% error)",
                       "parameters": "267K"}),
+    # The reference's tiny LeNet-5 (6 filters, dropout 0.5 twice) underfits at lr 0.001: 98.37%
+    # after 30 epochs with train accuracy 94%; at 0.005 it reached 98.74%.
     Experiment("baseline_lenet_5", "LeNet-5 (reference's) baseline", "baseline", "lenet_5",
-               BASELINE + ("--epochs=30",), BASELINE + ("--epochs=1",),
+               LENET_5_BASELINE + ("--epochs=30",), LENET_5_BASELINE + ("--epochs=1",),
                reference={"top1": "98.12%"}),
     Experiment("baseline_lenet_5_caffe", "LeNet-5 (Caffe) baseline", "baseline", "lenet_5_caffe",
                BASELINE + ("--epochs=20",), BASELINE + ("--epochs=1",),
@@ -101,15 +104,15 @@ EXPERIMENTS: List[Experiment] = [
                + RETRAIN,
                parent="baseline_lenet_5", reference={"method": "songhan, cut 0.5", "top1": "76.07%"}),
     Experiment("songhan_12x_lenet_300_100", "LeNet-300-100 songhan 12x", "pruning", "lenet_300_100",
-               ("--pruning_method=songhan", "--cut_rate=0.92", "--pruning_epochs=4", "--epochs=8")
-               + RETRAIN,
+               ("--pruning_method=songhan", "--cut_rate=0.92", "--pruning_epochs=4", "--epochs=10",
+                "--learning_rate=0.0003") + RETRAIN,
                ("--pruning_method=songhan", "--cut_rate=0.92", "--pruning_epochs=2", "--epochs=1")
                + RETRAIN,
                parent="baseline_lenet_300_100",
                paper={**HAN_LENET_300, "method": "magnitude, 12x", "top1": "98.41% (1.59% error)",
                       "parameters": "267K", "nonzero": "22K (8%)", "flops": "8% (Table 2)"}),
     Experiment("songhan_12x_lenet_5_caffe", "LeNet-5 (Caffe) songhan 12x", "pruning", "lenet_5_caffe",
-               ("--pruning_method=songhan", "--cut_rate=0.92", "--pruning_epochs=3", "--epochs=4")
+               ("--pruning_method=songhan", "--cut_rate=0.92", "--pruning_epochs=3", "--epochs=8")
                + RETRAIN,
                ("--pruning_method=songhan", "--cut_rate=0.92", "--pruning_epochs=2", "--epochs=1")
                + RETRAIN,
