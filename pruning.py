@@ -4,6 +4,7 @@ bought: accuracy, parameters, FLOPs, file size and measured speed, before and af
     python pruning.py --load_folder_model=lenet_300_100_mnist_acc_0.9838_epoch_30 \
         --pruning_method=songhan --cut_rate=0.5 --epochs=10
 """
+import copy
 import os
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ from utils.data import get_spec, load_dataset
 from utils.errors import UserError
 from utils.flops import FLOP_CONVENTION, layer_stats
 from utils.report import count_parameters, format_timing, print_rows
-from utils.timing import inference_batch, time_inference
+from utils.timing import compare_inference, inference_batch
 from utils.training import evaluate, seed_everything
 
 
@@ -39,10 +40,8 @@ def get_args_parser():
     return parser
 
 
-def measure(model, test, input_shape, args, timed_model=None) -> dict:
-    """Accuracy, parameters, FLOPs of ``model``; latency and throughput of ``timed_model``
-    (the same network, possibly running faster kernels)."""
-    timed_model = model if timed_model is None else timed_model
+def measure(model, test, input_shape) -> dict:
+    """Accuracy, parameters and FLOPs of one model."""
     counts = count_parameters(model)
     stats = layer_stats(model, input_shape)
     return {
@@ -53,10 +52,19 @@ def measure(model, test, input_shape, args, timed_model=None) -> dict:
         "nonzero_flops": sum(s.nonzero_flops for s in stats),
         "layers": {s.name: {"weights": s.weights, "nonzero": s.nonzero, "flops": s.flops,
                             "nonzero_flops": s.nonzero_flops} for s in stats},
-        "latency": time_inference(timed_model, inference_batch(test, 1), args.inference_sampling),
-        "throughput": time_inference(timed_model, inference_batch(test, args.inference_batch_size),
-                                     args.inference_sampling),
     }
+
+
+def measure_speed(original, pruned, test, args) -> dict:
+    """Latency (batch 1) and throughput (--inference_batch_size) of the model before and after,
+    timed in alternating rounds in this one process so the ratio is like for like."""
+    speed = {"before": {}, "after": {}}
+    for key, batch in (("latency", 1), ("throughput", args.inference_batch_size)):
+        timed = compare_inference({"before": original, "after": pruned},
+                                  inference_batch(test, batch), args.inference_sampling)
+        for when in speed:
+            speed[when][key] = timed[when]
+    return speed
 
 
 def print_report(before: dict, after: dict, train_seconds: float, sizes: dict, saved):
@@ -116,7 +124,8 @@ def main(argv=None):
     input_shape = tuple(parent["config"]["input_shape"])
     print(f"pruning {parent['path']} with {args.pruning_method}")
 
-    before = measure(model, test, input_shape, args)
+    before = measure(model, test, input_shape)
+    original = copy.deepcopy(model)  # pruning works in place; kept to time against
     context = pruners.PruneContext(
         train=train, test=test, epochs=args.epochs, batch_size=args.batch_size,
         learning_rate=args.learning_rate, optimizer=args.optimizer, momentum=args.momentum,
@@ -125,7 +134,11 @@ def main(argv=None):
     start = time.perf_counter()
     model = pruner.prune(model, context)
     train_seconds = time.perf_counter() - start
-    after = measure(model, test, input_shape, args, timed_model=pruner.inference_model(model))
+    after = measure(model, test, input_shape)
+    speed = measure_speed(original, pruner.inference_model(model), test, args)
+    del original
+    before.update(speed["before"])
+    after.update(speed["after"])
 
     name = checkpoint.checkpoint_name(model_name, dataset, after["top1_acc"], args.epochs,
                                       method=args.pruning_method)

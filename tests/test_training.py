@@ -6,7 +6,7 @@ import torch.nn as nn
 
 import models
 from utils.data import Split
-from utils.timing import time_inference
+from utils.timing import compare_inference, time_inference
 from utils.training import (TrainingDiverged, evaluate, fit, make_optimizer, make_scheduler,
                             seed_everything, train_one_epoch)
 from utils.data import BatchLoader
@@ -90,3 +90,28 @@ def test_inference_timing_statistics():
     assert 0 < stats["median_ms"] <= stats["p95_ms"] and stats["var_ms2"] >= 0
     assert math.isfinite(stats["mean_ms"])
     assert model.training  # restored
+
+
+def test_compare_inference_times_each_model_for_all_samples_in_rounds():
+    calls = []
+
+    class Recorder(nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
+        def forward(self, x):
+            calls.append(self.name)
+            return x
+
+    stats = compare_inference({"a": Recorder("a"), "b": Recorder("b")}, torch.zeros(3, 2),
+                              samples=10, rounds=3, warmup=1)
+    assert stats["a"]["samples"] == stats["b"]["samples"] == 10
+    assert stats["a"]["batch_size"] == 3
+    # alternating: a's passes (1 warm-up + 4), then b's, then a again ...
+    runs = [calls[0]]
+    for name in calls[1:]:
+        if name != runs[-1]:
+            runs.append(name)
+    assert runs == ["a", "b", "a", "b", "a", "b"]
+    assert calls.count("a") == calls.count("b") == 10 + 3

@@ -1,7 +1,10 @@
 """Inference timing the way it should be done: eval mode, torch.inference_mode, warm-up first,
-time.perf_counter around each forward pass (synchronised on CUDA), and the spread reported."""
+time.perf_counter around each forward pass (synchronised on CUDA), and the spread reported.
+Two models are compared in alternating rounds, so a burst of load on a shared machine hits both
+instead of deciding the ratio."""
 import statistics
 import time
+from typing import Dict, List
 
 import torch
 
@@ -12,31 +15,50 @@ def _sync(device: torch.device):
 
 
 @torch.inference_mode()
-def time_inference(model: torch.nn.Module, images: torch.Tensor, samples: int = 100,
-                   warmup: int = 10) -> dict:
-    """Milliseconds per forward pass of ``images`` (one batch): mean, median, p95, variance."""
+def _timed_passes(model: torch.nn.Module, images: torch.Tensor, samples: int, warmup: int) -> List[float]:
     was_training = model.training
     model.eval()
-    device = images.device
     for _ in range(warmup):
         model(images)
-    _sync(device)
+    _sync(images.device)
     times = []
     for _ in range(samples):
         start = time.perf_counter()
         model(images)
-        _sync(device)
+        _sync(images.device)
         times.append((time.perf_counter() - start) * 1000)
     model.train(was_training)
+    return times
+
+
+def summarize(times: List[float], batch_size: int) -> dict:
     ordered = sorted(times)
     return {
-        "batch_size": len(images),
-        "samples": samples,
+        "batch_size": batch_size,
+        "samples": len(times),
         "mean_ms": statistics.fmean(times),
         "median_ms": statistics.median(times),
         "p95_ms": ordered[min(len(ordered) - 1, int(round(0.95 * (len(ordered) - 1))))],
         "var_ms2": statistics.variance(times) if len(times) > 1 else 0.0,
     }
+
+
+def time_inference(model: torch.nn.Module, images: torch.Tensor, samples: int = 100,
+                   warmup: int = 10) -> dict:
+    """Milliseconds per forward pass of ``images`` (one batch): mean, median, p95, variance."""
+    return summarize(_timed_passes(model, images, samples, warmup), len(images))
+
+
+def compare_inference(models: Dict[str, torch.nn.Module], images: torch.Tensor, samples: int = 100,
+                      rounds: int = 3, warmup: int = 10) -> Dict[str, dict]:
+    """Each model timed for ``samples`` passes in all, split over ``rounds`` alternating rounds;
+    statistics over all of a model's passes."""
+    times = {name: [] for name in models}
+    per_round = [samples // rounds + (1 if i < samples % rounds else 0) for i in range(rounds)]
+    for count in per_round:
+        for name, model in models.items():
+            times[name] += _timed_passes(model, images, count, warmup)
+    return {name: summarize(t, len(images)) for name, t in times.items()}
 
 
 def inference_batch(split, batch_size: int) -> torch.Tensor:
@@ -45,4 +67,3 @@ def inference_batch(split, batch_size: int) -> torch.Tensor:
     while len(images) < batch_size:
         images = torch.cat([images, split.images])
     return images[:batch_size]
-
