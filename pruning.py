@@ -106,9 +106,7 @@ def main(argv=None):
     if not args.load_folder_model:
         raise UserError("--load_folder_model is required: name the trained checkpoint to prune "
                         "(see checkpoints/)")
-    if not 0 <= args.cut_rate < 1:
-        raise UserError(f"--cut_rate must be in [0, 1), got {args.cut_rate}")
-    pruner = pruners.create_pruner(args.pruning_method, args)  # checks the method's own flags
+    pruner = pruners.create_pruner(args.pruning_method, args)  # checks --cut_rate and its own flags
     device = cli.resolve_device(args.device)
     generator = seed_everything(args.seed)
 

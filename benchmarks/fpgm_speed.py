@@ -30,9 +30,9 @@ import models  # noqa: E402
 import pruning  # noqa: E402
 from models.compact import compact_model  # noqa: E402
 from pruners import PruneContext, create_pruner  # noqa: E402
+from pruners.base import check_rate  # noqa: E402
 from utils import checkpoint  # noqa: E402
 from utils.data import get_spec, load_dataset  # noqa: E402
-from utils.errors import UserError  # noqa: E402
 from utils.flops import FLOP_CONVENTION, layer_stats  # noqa: E402
 from utils.timing import time_inference  # noqa: E402
 from utils.training import evaluate, fit, make_optimizer, make_scheduler, seed_everything  # noqa: E402
@@ -164,8 +164,7 @@ def alexnet_end_to_end(args):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    if not 0 <= args.cut_rate < 1:
-        raise UserError(f"--cut_rate must be in [0, 1), got {args.cut_rate}")
+    check_rate("--cut_rate", args.cut_rate)
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from utils.data import Split
+from utils.errors import UserError
 from utils.training import fit, make_optimizer, make_scheduler
 
 
@@ -42,6 +43,14 @@ class PruneContext:
                    on_epoch_end=on_epoch_end, progress=self.progress, print_fn=self.print_fn)
 
 
+def check_rate(flag: str, value) -> float:
+    """A pruning fraction in [0, 1); anything else is the user's error (one line, exit 2)."""
+    rate = float(value)
+    if not 0 <= rate < 1:  # also rejects NaN
+        raise UserError(f"{flag} must be in [0, 1), got {value}")
+    return rate
+
+
 class Pruner:
     """Base class of a pruning method. Subclasses are registered with @register_pruner(name)."""
 
@@ -54,7 +63,9 @@ class Pruner:
         """Method-specific flags; every method's flags are on pruning.py's parser."""
 
     def __init__(self, args):
+        """Checks --cut_rate, shared by every method; subclasses check their own flags after."""
         self.args = args
+        self.cut_rate = check_rate("--cut_rate", getattr(args, "cut_rate", 0.5))
 
     def prune(self, model: nn.Module, context: PruneContext) -> nn.Module:
         """Prune and retrain; return the final model (a new, smaller one if the method

@@ -18,7 +18,7 @@ import torch.nn.utils.prune as torch_prune
 from models.base import weight_layers
 from models.compact import compact_model
 from pruners import register_pruner
-from pruners.base import Pruner, PruneContext
+from pruners.base import Pruner, PruneContext, check_rate
 from utils.errors import UserError
 
 # floor(N x rate) in floating point can land just under an integer (0.29 x 100 =
@@ -134,14 +134,10 @@ class FPGMPruner(Pruner):
 
     def __init__(self, args):
         super().__init__(args)
-        self.rate = float(args.cut_rate)
-        self.norm_rate = float(getattr(args, "fpgm_norm_rate", 0.0))
+        self.rate = self.cut_rate
+        self.norm_rate = check_rate("--fpgm_norm_rate", getattr(args, "fpgm_norm_rate", 0.0))
         self.mode = getattr(args, "fpgm_mode", "soft")
         self.exclude = _names(getattr(args, "fpgm_exclude", None))
-        if not 0 <= self.rate < 1:
-            raise UserError(f"--cut_rate must be in [0, 1), got {self.rate}")
-        if not 0 <= self.norm_rate < 1:
-            raise UserError(f"--fpgm_norm_rate must be in [0, 1), got {self.norm_rate}")
         if self.mode not in ("soft", "fixed"):
             raise UserError(f"--fpgm_mode must be soft or fixed, got {self.mode!r}")
         if getattr(args, "pruning_epochs", 1) != 1:

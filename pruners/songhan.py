@@ -232,15 +232,12 @@ class SongHanPruner(Pruner):
     def __init__(self, args):
         super().__init__(args)
         get = lambda name, default: getattr(args, name, default)  # noqa: E731
-        self.cut_rate = float(get("cut_rate", 0.5))
         self.quality = get("quality", None)
         self.scope = get("prune_scope", "global")
         self.rounds = int(get("pruning_epochs", 1))
         self.prune_bias = bool(get("prune_bias", False))
         self.adjust_dropout = bool(get("adjust_dropout", True))
         self.sparse_inference = get("sparse_inference", "auto")
-        if not 0 <= self.cut_rate < 1:
-            raise UserError(f"--cut_rate must be in [0, 1), got {self.cut_rate}")
         if self.quality is not None and not (math.isfinite(self.quality) and self.quality > 0):
             raise UserError(f"--quality must be a positive number (Han et al. use about 0.5-2), "
                             f"got {self.quality}")
