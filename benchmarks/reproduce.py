@@ -76,6 +76,12 @@ BASELINE = ("--dataset=mnist", "--learning_rate=0.001", "--batch_size=256")
 LENET_5_BASELINE = ("--dataset=mnist", "--learning_rate=0.005", "--batch_size=256")
 RETRAIN = ("--batch_size=256",)  # retraining rate: pruning.py's default, a tenth of the baseline's
 
+
+def songhan(rate, rounds: int, epochs: int, *extra: str) -> Tuple[str, ...]:
+    """pruning.py flags of a songhan run: --cut_rate, rounds, retraining epochs per round."""
+    return ("--pruning_method=songhan", f"--cut_rate={rate}", f"--pruning_epochs={rounds}",
+            f"--epochs={epochs}", *extra) + RETRAIN
+
 EXPERIMENTS: List[Experiment] = [
     Experiment("baseline_lenet_300_100", "LeNet-300-100 baseline", "baseline", "lenet_300_100",
                BASELINE + ("--epochs=30",), BASELINE + ("--epochs=1",),
@@ -92,30 +98,18 @@ EXPERIMENTS: List[Experiment] = [
                paper={**HAN_LENET_5, "method": "none", "top1": "99.20% (0.80% error)",
                       "parameters": "431K"}),
     Experiment("songhan_50_lenet_300_100", "LeNet-300-100 songhan 50%", "pruning", "lenet_300_100",
-               ("--pruning_method=songhan", "--cut_rate=0.5", "--pruning_epochs=1", "--epochs=10")
-               + RETRAIN,
-               ("--pruning_method=songhan", "--cut_rate=0.5", "--pruning_epochs=1", "--epochs=1")
-               + RETRAIN,
+               songhan(0.5, 1, 10), songhan(0.5, 1, 1),
                parent="baseline_lenet_300_100", reference={"method": "songhan, cut 0.5", "top1": "92.72%"}),
     Experiment("songhan_50_lenet_5", "LeNet-5 (reference's) songhan 50%", "pruning", "lenet_5",
-               ("--pruning_method=songhan", "--cut_rate=0.5", "--pruning_epochs=1", "--epochs=10")
-               + RETRAIN,
-               ("--pruning_method=songhan", "--cut_rate=0.5", "--pruning_epochs=1", "--epochs=1")
-               + RETRAIN,
+               songhan(0.5, 1, 10), songhan(0.5, 1, 1),
                parent="baseline_lenet_5", reference={"method": "songhan, cut 0.5", "top1": "76.07%"}),
     Experiment("songhan_12x_lenet_300_100", "LeNet-300-100 songhan 12x", "pruning", "lenet_300_100",
-               ("--pruning_method=songhan", "--cut_rate=0.92", "--pruning_epochs=4", "--epochs=10",
-                "--learning_rate=0.0003") + RETRAIN,
-               ("--pruning_method=songhan", "--cut_rate=0.92", "--pruning_epochs=2", "--epochs=1")
-               + RETRAIN,
+               songhan(0.92, 4, 10, "--learning_rate=0.0003"), songhan(0.92, 2, 1),
                parent="baseline_lenet_300_100",
                paper={**HAN_LENET_300, "method": "magnitude, 12x", "top1": "98.41% (1.59% error)",
                       "parameters": "267K", "nonzero": "22K (8%)", "flops": "8% (Table 2)"}),
     Experiment("songhan_12x_lenet_5_caffe", "LeNet-5 (Caffe) songhan 12x", "pruning", "lenet_5_caffe",
-               ("--pruning_method=songhan", "--cut_rate=0.92", "--pruning_epochs=3", "--epochs=8")
-               + RETRAIN,
-               ("--pruning_method=songhan", "--cut_rate=0.92", "--pruning_epochs=2", "--epochs=1")
-               + RETRAIN,
+               songhan(0.92, 3, 8), songhan(0.92, 2, 1),
                parent="baseline_lenet_5_caffe",
                paper={**HAN_LENET_5, "method": "magnitude, 12x", "top1": "99.23% (0.77% error)",
                       "parameters": "431K", "nonzero": "36K (8%)", "flops": "16% (Table 3)"}),
@@ -129,10 +123,7 @@ EXPERIMENTS: List[Experiment] = [
     # Accuracy against the fraction of weights kept: single-round songhan at a range of rates.
     Experiment(f"songhan_sweep_{round(rate * 100)}_lenet_300_100",
                f"LeNet-300-100 songhan {round(rate * 100)}%", "pruning", "lenet_300_100",
-               ("--pruning_method=songhan", f"--cut_rate={rate}", "--pruning_epochs=1",
-                "--epochs=5") + RETRAIN,
-               ("--pruning_method=songhan", f"--cut_rate={rate}", "--pruning_epochs=1",
-                "--epochs=1") + RETRAIN,
+               songhan(rate, 1, 5), songhan(rate, 1, 1),
                parent="baseline_lenet_300_100", in_results_table=False)
     for rate in (0.7, 0.8, 0.9, 0.95, 0.97)
 ]
