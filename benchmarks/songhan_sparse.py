@@ -136,8 +136,8 @@ def _alternating(dense_fn, sparse_fn, images, samples, rounds):
 
 
 def layer_grid(args):
-    print(f"\n2a. one pruned linear layer: dense F.linear vs CSR (SparseLinear), speed-up = "
-          f"dense median / sparse median")
+    print("\n2a. one pruned linear layer: dense F.linear vs CSR (SparseLinear), speed-up = "
+          "dense median / sparse median")
     header = "   layer            density " + "".join(f"{'batch ' + str(b):>12}" for b in args.batch_sizes)
     print(header)
     for out_features, in_features in ((300, 784), (100, 300)):

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import write_mnist_idx
 from utils import offline_data
 from utils.data import BatchLoader, Split, load_dataset, random_crop_flip
 from utils.errors import UserError

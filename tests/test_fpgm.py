@@ -1,6 +1,5 @@
 """FPGM: the criterion on hand-built filters, the soft and fixed schedules, physical removal for
 every registered model, checkpoints of compact models, and pruning.py end to end."""
-import argparse
 import shutil
 
 import pytest
