@@ -1,23 +1,31 @@
-"""Train (or only evaluate) a dense model, save a checkpoint, and time its inference.
+"""Train (or only evaluate) a model, save a checkpoint, and time its inference.
 
     python baseline.py --model=lenet_300_100 --dataset=mnist
     python baseline.py --model=lenet_300_100 --dataset=mnist --do_training=False \
-        --load_folder_model=lenet_300_100_mnist_acc_0.9813_epoch_30
-"""
-import time
-from pathlib import Path
+        --load_folder_model=lenet_300_100_mnist_acc_0.9838_epoch_30
 
-import models
-from utils import checkpoint, cli
-from utils.data import get_spec, load_dataset
-from utils.errors import UserError
-from utils.report import count_parameters, format_timing, print_rows
-from utils.timing import inference_batch, time_inference
-from utils.training import evaluate, fit, make_optimizer, make_scheduler, seed_everything
+With --load_folder_model it continues training that checkpoint (fine-tuning); a pruned one keeps
+its masks, so its pruned weights stay zero.
+"""
+from utils.interrupts import quiet_interrupt
+
+with quiet_interrupt():
+    import time
+    from pathlib import Path
+
+    import models
+    from utils import checkpoints, cli
+    from utils.data import get_spec, load_dataset
+    from utils.errors import UserError
+    from utils.masks import make_permanent
+    from utils.reporting.console import format_timing, print_rows
+    from utils.reporting.counting import count_parameters
+    from utils.timing import inference_batch, time_inference
+    from utils.training import TrainingSettings, evaluate, fit, seed_everything
 
 
 def get_args_parser():
-    parser = cli.new_parser(__doc__.splitlines()[0])
+    parser = cli.new_parser(__doc__)
     cli.add_model_args(parser)
     cli.add_training_args(parser, epochs=30, learning_rate=0.001)
     parser.add_argument("--do_training", type=cli.str2bool, default=True,
@@ -28,51 +36,74 @@ def get_args_parser():
     return parser
 
 
+def check_flags(args) -> bool:
+    """Whether this run trains; flag combinations that would do nothing, or ignore a flag, are
+    refused here, before anything is loaded."""
+    trains = args.do_training and args.epochs > 0
+    if not trains and not args.load_folder_model:
+        reason = "--do_training=False" if not args.do_training else "--epochs=0"
+        raise UserError(f"{reason} needs --load_folder_model: there is nothing to train or evaluate")
+    if args.pretrained and args.load_folder_model:
+        raise UserError("--pretrained starts from torchvision's weights, --load_folder_model from a "
+                        "checkpoint: give one of them")
+    return trains
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    trains = check_flags(args)
+    cli.apply_threads(args.threads)
     device = cli.resolve_device(args.device)
+
+    loaded = None
+    if args.load_folder_model:
+        loaded = checkpoints.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
+                                             expect_model=args.model, expect_dataset=args.dataset)
+    cli.check_dirs(args, args.dataset, write_checkpoints=trains)
+    settings = TrainingSettings.from_args(args)
     generator = seed_everything(args.seed)
     spec = get_spec(args.dataset)
-
-    parent = None
-    if args.load_folder_model:
-        loaded = checkpoint.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
-                                            expect_model=args.model, expect_dataset=args.dataset)
-        model = checkpoint.build_model(loaded, device)
-        parent = Path(loaded["path"]).name
-        print(f"loaded {loaded['path']} (widths {list(model.widths)})")
-    elif not args.do_training:
-        raise UserError("--do_training=False needs --load_folder_model: there is nothing to evaluate")
+    if loaded is not None:
+        model = checkpoints.build_model(loaded, device)  # a pruned model keeps its masks
+        print(f"loaded {loaded['path']} (widths {list(model.widths)}"
+              f"{', with its pruning masks' if loaded['masks'] else ''})")
     else:
         extra = {"pretrained": True} if args.pretrained else {}
         model = models.create_model(args.model, spec.input_shape, spec.num_classes, **extra).to(device)
 
     train, test, spec = load_dataset(args.dataset, args.data_dir, device,
-                                     download=not args.no_download)
+                                     download=not args.no_download,
+                                     verify=not args.no_verify_data)
 
     train_seconds, history = 0.0, []
-    if args.do_training and args.epochs > 0:
-        optimizer = make_optimizer(args.optimizer, model.parameters(), args.learning_rate,
-                                   args.momentum, args.weight_decay)
-        scheduler = make_scheduler(args.lr_schedule, optimizer, args.epochs)
+    if trains:
         start = time.perf_counter()
-        history = fit(model, train, test, args.epochs, args.batch_size, optimizer, scheduler,
-                      augment=spec.augment, generator=generator, progress=not args.no_progress)
+        history = fit(model, train, test, settings, augment=spec.augment, generator=generator)
         train_seconds = time.perf_counter() - start
 
     accuracy = evaluate(model, test)["acc"]
     params = count_parameters(model)
-    timing = time_inference(model, inference_batch(test, args.inference_batch_size),
-                            args.inference_sampling)
     metrics = {"top1_acc": accuracy, "parameters": params["total"], "nonzero": params["nonzero"],
-               "train_seconds": train_seconds, "inference": timing, "history": history}
+               "train_seconds": train_seconds, "history": history}
 
     saved = None
-    if args.do_training and args.epochs > 0:
-        name = checkpoint.checkpoint_name(args.model, args.dataset, accuracy, args.epochs)
-        saved = checkpoint.save_checkpoint(
-            checkpoint.make_checkpoint(model, args.dataset, metrics, vars(args), parent=parent),
-            Path(args.checkpoint_dir) / name)
+    if trains:  # saved before timing: a Ctrl-C while timing must not cost the trained model
+        root_rate = checkpoints.root_learning_rate(loaded) if loaded else args.learning_rate
+        checkpoint = checkpoints.make_checkpoint(
+            model, args.dataset, metrics, vars(args),
+            parent=Path(loaded["path"]).name if loaded else None,
+            root_learning_rate=root_rate,
+            **({"pruning": loaded["pruning"]} if loaded and loaded.get("pruning") else {}))
+        name = checkpoints.checkpoint_name(args.model, args.dataset, accuracy, args.epochs)
+        saved = checkpoints.save_checkpoint(checkpoint, Path(args.checkpoint_dir) / name)
+        print(f"saved {saved}")
+
+    make_permanent(model)  # time the plain model, without the masks' per-forward multiply
+    timing = time_inference(model, inference_batch(test, args.inference_batch_size),
+                            args.inference_sampling)
+    metrics["inference"] = timing
+    if saved is not None:
+        checkpoints.update_metrics(checkpoint, saved, metrics)
 
     print_rows([
         ("model", f"{args.model} on {args.dataset} ({device})"),

@@ -7,17 +7,21 @@ A pruned (sparse) checkpoint adds Han et al. 2015's Weights%, Act% and FLOP% col
 measured on the dataset's first --act_images test images; a compact (FPGM) checkpoint adds its
 original widths' Weights and FLOP and the reduction against them.
 """
-import sys
+from utils.interrupts import quiet_interrupt
 
-import models
-from utils import checkpoint, cli
-from utils.data import get_spec, load_dataset
-from utils.errors import UserError
-from utils.flops import DEFAULT_ACTIVATION_IMAGES, RENDERERS, is_sparse, model_table
+with quiet_interrupt():
+    import sys
+
+    import models
+    from utils import checkpoints, cli
+    from utils.data import get_spec, load_dataset
+    from utils.errors import UserError
+    from utils.reporting.counting import DEFAULT_ACTIVATION_IMAGES, is_sparse
+    from utils.reporting.tables import RENDERERS, model_table
 
 
 def get_args_parser():
-    parser = cli.new_parser(__doc__.splitlines()[0])
+    parser = cli.new_parser(__doc__)
     cli.add_model_args(parser, from_checkpoint=True)
     parser.add_argument("--widths", type=cli.positive_int, nargs="+", default=None,
                         help="without a checkpoint: build --model at these widths (as a compact "
@@ -27,6 +31,7 @@ def get_args_parser():
                              "(0: leave Han's Weights%%/Act%%/FLOP%% columns out)")
     parser.add_argument("--format", choices=sorted(RENDERERS), default="markdown",
                         help="markdown (the reference README's layout), csv or json")
+    cli.add_threads_arg(parser)
     return parser
 
 
@@ -35,9 +40,9 @@ def build_table(args) -> dict:
     if args.load_folder_model:
         if args.widths:
             raise UserError("--widths is for a model built from flags; a checkpoint brings its own")
-        loaded = checkpoint.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
+        loaded = checkpoints.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
                                             expect_model=args.model, expect_dataset=args.dataset)
-        model = checkpoint.build_model(loaded)
+        model = checkpoints.build_model(loaded, masks=False)  # counted as stored
         dataset = loaded["dataset"]
     elif not args.model:
         raise UserError("give --model (and --dataset) to count a fresh model, or "
@@ -50,7 +55,8 @@ def build_table(args) -> dict:
     images = None
     # Act% needs the dataset: read it only for a pruned checkpoint, the one case that uses it.
     if loaded is not None and args.act_images > 0 and is_sparse(model):
-        _, test, _ = load_dataset(dataset, args.data_dir, download=not args.no_download)
+        _, test, _ = load_dataset(dataset, args.data_dir, download=not args.no_download,
+                                  verify=not args.no_verify_data)
         images = test.images[:args.act_images]
 
     table = model_table(model, images)
@@ -61,6 +67,7 @@ def build_table(args) -> dict:
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    cli.apply_threads(args.threads)
     table = build_table(args)
     if args.format == "markdown" and table["checkpoint"]:
         print(f"{table['model']} on {table['dataset']}, {table['checkpoint']}\n")

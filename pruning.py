@@ -3,41 +3,67 @@ bought: accuracy, parameters, FLOPs, file size and measured speed, before and af
 
     python pruning.py --load_folder_model=lenet_300_100_mnist_acc_0.9838_epoch_30 \
         --pruning_method=songhan --cut_rate=0.5 --epochs=10
-"""
-import copy
-import os
-import time
-from pathlib import Path
 
-import pruners
-from utils import checkpoint, cli
-from utils.data import get_spec, load_dataset
-from utils.errors import UserError
-from utils.flops import FLOP_CONVENTION, layer_stats
-from utils.report import count_parameters, format_timing, print_rows
-from utils.timing import compare_inference, inference_batch
-from utils.training import evaluate, seed_everything
+A checkpoint pruned before keeps its masks: pruning it again prunes further, never less.
+"""
+from utils.interrupts import quiet_interrupt
+
+with quiet_interrupt():
+    import copy
+    import os
+    import time
+    from pathlib import Path
+
+    import pruners
+    from pruners.base import DEFAULT_CUT_RATE, foreign_flags
+    from utils import checkpoints, cli
+    from utils.data import load_dataset
+    from utils.errors import UserError
+    from utils.masks import make_permanent
+    from utils.reporting.console import format_timing, print_rows
+    from utils.reporting.counting import FLOP_CONVENTION, count_parameters, layer_stats
+    from utils.timing import compare_inference, inference_batch
+    from utils.training import TrainingSettings, evaluate, seed_everything
+
+# A retraining rate a tenth of the baseline's, as Han et al. do for LeNet.
+RETRAIN_RATE_FACTOR = 0.1
 
 
 def get_args_parser():
-    parser = cli.new_parser(__doc__.splitlines()[0])
+    parser = cli.new_parser(__doc__)
     cli.add_model_args(parser, from_checkpoint=True)
     parser.add_argument("--pruning_method", choices=pruners.pruner_names(), default="songhan",
                         help="songhan: Han et al. 2015 magnitude pruning; fpgm: filter pruning via "
                              "geometric median, He et al. 2019")
-    parser.add_argument("--cut_rate", type=float, default=0.5,
-                        help="songhan: fraction of weights removed; fpgm: fraction of filters "
-                             "removed in each layer. In [0, 1)")
-    parser.add_argument("--pruning_epochs", type=cli.positive_int, default=1,
-                        help="pruning rounds; each prunes further along a schedule that reaches the "
-                             "target at the last round, then retrains --epochs epochs")
+    parser.add_argument("--cut_rate", type=cli.fraction, default=DEFAULT_CUT_RATE,
+                        help="songhan: fraction of the prunable weights removed in all; fpgm: "
+                             "fraction of filters removed in each layer. In [0, 1)")
     cli.add_training_args(parser, epochs=10, learning_rate=None,
                           learning_rate_help="retraining learning rate (default: a tenth of the "
-                                             "baseline's, as Han et al. do for LeNet)")
+                                             "learning rate of the baseline at the root of the "
+                                             "checkpoint's chain, as Han et al. do for LeNet)")
+    parser.method_groups = {}
     for pruner_class in pruners.pruner_classes():
-        pruner_class.add_arguments(parser.add_argument_group(f"{pruner_class.name} options"))
+        group = parser.add_argument_group(f"{pruner_class.name} options")
+        pruner_class.add_arguments(group)
+        parser.method_groups[pruner_class.name] = group
     cli.add_runtime_args(parser)
     return parser
+
+
+def parse_args(argv=None):
+    """Flags, checked together: another method's flags given to this one are an error, not
+    silently ignored."""
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    if not args.load_folder_model:
+        raise UserError("--load_folder_model is required: name the trained checkpoint to prune "
+                        "(see checkpoints/)")
+    foreign = foreign_flags(parser, args, args.pruning_method, parser.method_groups)
+    if foreign:
+        raise UserError(f"{', '.join(foreign)} do not apply to --pruning_method="
+                        f"{args.pruning_method}; leave them out or choose the method they belong to")
+    return args
 
 
 def measure(model, test, input_shape) -> dict:
@@ -67,87 +93,105 @@ def measure_speed(original, pruned, test, args) -> dict:
     return speed
 
 
-def print_report(before: dict, after: dict, train_seconds: float, sizes: dict, saved):
-    ratio = lambda a, b: f"{a / b:.2f}x" if b else "n/a"  # noqa: E731
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if b else "n/a"
+
+
+def print_report(before: dict, after: dict, train_seconds: float, sizes: dict, saved,
+                 structured: bool):
     print("\nper layer            weights    nonzero before    nonzero after   kept")
     for name, layer in after["layers"].items():
         old = before["layers"].get(name, {"weights": layer["weights"], "nonzero": layer["nonzero"]})
         print(f"{name:<16} {old['weights']:>11,} {old['nonzero']:>17,} {layer['nonzero']:>16,}"
               f"  {layer['nonzero'] / max(old['weights'], 1):6.1%}")
     print()
+    if structured:  # a smaller dense model: what shrank is the parameter count itself
+        size_rows = [("parameters", f"{before['parameters']:,} before, {after['parameters']:,} "
+                                    f"after ({1 - after['parameters'] / before['parameters']:.1%} "
+                                    f"fewer, {_ratio(before['parameters'], after['parameters'])} "
+                                    "smaller model)")]
+    else:
+        size_rows = [
+            ("parameters", f"{before['parameters']:,} before, {after['parameters']:,} after"),
+            ("nonzero parameters", f"{before['nonzero']:,} before, {after['nonzero']:,} after "
+                                   f"({1 - after['nonzero'] / after['parameters']:.1%} sparsity, "
+                                   f"compression {_ratio(after['parameters'], after['nonzero'])})")]
+    speed_up = (f"batch 1: {_ratio(before['latency']['median_ms'], after['latency']['median_ms'])}, "
+                f"batch {after['throughput']['batch_size']}: "
+                f"{_ratio(before['throughput']['median_ms'], after['throughput']['median_ms'])}")
     print_rows([
         ("top-1 accuracy", f"{before['top1_acc']:.2%} before, {after['top1_acc']:.2%} after"),
-        ("parameters", f"{before['parameters']:,} before, {after['parameters']:,} after"),
-        ("nonzero parameters", f"{before['nonzero']:,} before, {after['nonzero']:,} after "
-                               f"({1 - after['nonzero'] / before['parameters']:.1%} sparsity, "
-                               f"compression {ratio(before['parameters'], after['nonzero'])})"),
+        *size_rows,
         ("FLOPs (dense)", f"{before['flops']:,} before, {after['flops']:,} after "
-                          f"({ratio(before['flops'], after['flops'])} fewer)"),
+                          f"({_ratio(before['flops'], after['flops'])} fewer)"),
         ("FLOPs (nonzero weights)", f"{before['nonzero_flops']:,} before, "
                                     f"{after['nonzero_flops']:,} after "
-                                    f"({ratio(before['nonzero_flops'], after['nonzero_flops'])} fewer)"),
+                                    f"({_ratio(before['nonzero_flops'], after['nonzero_flops'])} fewer)"),
         ("retraining time", f"{train_seconds:.1f} s"),
         ("latency, batch 1", f"before {format_timing(before['latency'])}"),
         ("", f"after  {format_timing(after['latency'])}"),
         ("throughput", f"before {format_timing(before['throughput'])}"),
         ("", f"after  {format_timing(after['throughput'])}"),
-        ("speed-up (median)", f"batch 1: {ratio(before['latency']['median_ms'], after['latency']['median_ms'])}, "
-                              f"batch {after['throughput']['batch_size']}: "
-                              f"{ratio(before['throughput']['median_ms'], after['throughput']['median_ms'])}"),
+        ("speed-up (median)", speed_up),
         ("checkpoint size", f"{sizes['before']:,} bytes before, {sizes['after']:,} after "
-                            f"({ratio(sizes['before'], sizes['after'])} smaller)"),
+                            f"({_ratio(sizes['before'], sizes['after'])} smaller)"),
         ("checkpoint", str(saved)),
     ])
     print(f"({FLOP_CONVENTION})")
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
-    if not args.load_folder_model:
-        raise UserError("--load_folder_model is required: name the trained checkpoint to prune "
-                        "(see checkpoints/)")
-    pruner = pruners.create_pruner(args.pruning_method, args)  # checks --cut_rate and its own flags
+    args = parse_args(argv)
+    pruner = pruners.create_pruner(args.pruning_method, args)  # checks the method's own flags
+    cli.apply_threads(args.threads)
     device = cli.resolve_device(args.device)
-    generator = seed_everything(args.seed)
 
-    parent = checkpoint.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
-                                        expect_model=args.model, expect_dataset=args.dataset)
-    model = checkpoint.build_model(parent, device)
+    parent = checkpoints.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
+                                         expect_model=args.model, expect_dataset=args.dataset)
     dataset, model_name = parent["dataset"], parent["config"]["model"]
-    spec = get_spec(dataset)
+    cli.check_dirs(args, dataset)
+    root_rate = checkpoints.root_learning_rate(parent)
     if args.learning_rate is None:
-        args.learning_rate = parent["flags"].get("learning_rate", 0.001) / 10
+        args.learning_rate = (root_rate or 0.001) * RETRAIN_RATE_FACTOR
+    settings = TrainingSettings.from_args(args)
+    model = checkpoints.build_model(parent, device)  # a pruned model keeps its masks
+    pruner.check_model(model)  # rates, layer names, masks: refused before any training
+    generator = seed_everything(args.seed)
     train, test, spec = load_dataset(dataset, args.data_dir, device,
-                                     download=not args.no_download)
+                                     download=not args.no_download,
+                                     verify=not args.no_verify_data)
     input_shape = tuple(parent["config"]["input_shape"])
-    print(f"pruning {parent['path']} with {args.pruning_method}")
+    print(f"pruning {parent['path']} with {args.pruning_method} "
+          f"(retraining learning rate {args.learning_rate:g})")
 
     before = measure(model, test, input_shape)
-    original = copy.deepcopy(model)  # pruning works in place; kept to time against
-    context = pruners.PruneContext(
-        train=train, test=test, epochs=args.epochs, batch_size=args.batch_size,
-        learning_rate=args.learning_rate, optimizer=args.optimizer, momentum=args.momentum,
-        weight_decay=args.weight_decay, lr_schedule=args.lr_schedule, augment=spec.augment,
-        generator=generator, progress=not args.no_progress)
+    original = make_permanent(copy.deepcopy(model))  # pruning works in place; kept to time against
+    context = pruners.PruneContext(train=train, test=test, settings=settings,
+                                   augment=spec.augment, generator=generator)
     start = time.perf_counter()
     model = pruner.prune(model, context)
     train_seconds = time.perf_counter() - start
     after = measure(model, test, input_shape)
+
+    # Saved before timing: a Ctrl-C while timing must not cost the retrained model.
+    metrics = {"before": before, "after": after, "train_seconds": train_seconds}
+    name = checkpoints.checkpoint_name(model_name, dataset, after["top1_acc"], args.epochs,
+                                       method=args.pruning_method)
+    checkpoint = checkpoints.make_checkpoint(
+        model, dataset, metrics, vars(args), parent=Path(parent["path"]).name,
+        sparse=pruner.sparse_checkpoint, root_learning_rate=root_rate, pruning=pruner.metadata())
+    saved = checkpoints.save_checkpoint(checkpoint, Path(args.checkpoint_dir) / name)
+    print(f"saved {saved}")
+
+    make_permanent(model)
     speed = measure_speed(original, pruner.inference_model(model), test, args)
     del original
     before.update(speed["before"])
     after.update(speed["after"])
+    checkpoints.update_metrics(checkpoint, saved, metrics)
 
-    name = checkpoint.checkpoint_name(model_name, dataset, after["top1_acc"], args.epochs,
-                                      method=args.pruning_method)
-    metrics = {"before": before, "after": after, "train_seconds": train_seconds}
-    saved = checkpoint.save_checkpoint(
-        checkpoint.make_checkpoint(model, dataset, metrics, vars(args),
-                                   parent=Path(parent["path"]).name,
-                                   sparse=pruner.sparse_checkpoint, pruning=pruner.metadata()),
-        Path(args.checkpoint_dir) / name)
     sizes = {"before": os.path.getsize(parent["path"]), "after": os.path.getsize(saved)}
-    print_report(before, after, train_seconds, sizes, saved)
+    print_report(before, after, train_seconds, sizes, saved, pruner.structured)
     return {**metrics, "sizes": sizes, "path": str(saved)}
 
 

@@ -27,52 +27,48 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
-import pruning  # noqa: E402
 from models.compact import compact_model  # noqa: E402
 from pruners import PruneContext, create_pruner  # noqa: E402
-from pruners.base import check_rate  # noqa: E402
-from utils import checkpoint  # noqa: E402
+from utils import checkpoints, cli  # noqa: E402
 from utils.data import get_spec, load_dataset  # noqa: E402
-from utils.flops import FLOP_CONVENTION, layer_stats  # noqa: E402
+from utils.reporting.counting import FLOP_CONVENTION, layer_stats  # noqa: E402
 from utils.timing import time_inference  # noqa: E402
-from utils.training import evaluate, fit, make_optimizer, make_scheduler, seed_everything  # noqa: E402
+from utils.training import TrainingSettings, evaluate, fit, seed_everything  # noqa: E402
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.new_parser(__doc__)
     parser.add_argument("--load_folder_model", default=None,
                         help="lenet_5_caffe checkpoint (dense baseline or fpgm-compacted) in "
                              "--checkpoint_dir, or a path; random weights when not given")
     parser.add_argument("--checkpoint_dir", default="checkpoints", help="where checkpoints are read")
     parser.add_argument("--data_dir", default="./data", help="where MNIST lives (never downloaded)")
-    parser.add_argument("--cut_rate", type=float, default=0.4, help="fraction of filters FPGM removes per layer")
-    parser.add_argument("--batch_size", type=int, default=256, help="images per pass for throughput")
-    parser.add_argument("--rounds", type=int, default=5, help="alternating dense/compact rounds")
-    parser.add_argument("--samples", type=int, default=30, help="timed passes per round, after warm-up")
-    parser.add_argument("--warmup", type=int, default=10, help="untimed passes before each round")
-    parser.add_argument("--alexnet_images", type=int, default=512,
+    parser.add_argument("--no_verify_data", action="store_true",
+                        help="accept MNIST files that differ from the official ones")
+    parser.add_argument("--cut_rate", type=cli.fraction, default=0.4,
+                        help="fraction of filters FPGM removes per layer")
+    parser.add_argument("--batch_size", type=cli.positive_int, default=256,
+                        help="images per pass for throughput")
+    parser.add_argument("--rounds", type=cli.positive_int, default=5,
+                        help="alternating dense/compact rounds")
+    parser.add_argument("--samples", type=cli.positive_int, default=30,
+                        help="timed passes per round, after warm-up")
+    parser.add_argument("--warmup", type=cli.non_negative_int, default=10,
+                        help="untimed passes before each round")
+    parser.add_argument("--alexnet_images", type=cli.non_negative_int, default=512,
                         help="MNIST training images for the alexnet run (0 skips it)")
-    parser.add_argument("--alexnet_samples", type=int, default=5,
+    parser.add_argument("--alexnet_samples", type=cli.positive_int, default=5,
                         help="timed passes per round for alexnet (a batch of 256 is ~13 GFLOP)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for weights, order and dropout")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice); on a machine shared "
-                             "with other jobs, 1 avoids threads waiting on each other")
+    parser.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=0,
+                        help="seed for weights, order and dropout")
+    cli.add_threads_arg(parser)
     return parser
-
-
-def fpgm_flags(cut_rate: float, **overrides) -> argparse.Namespace:
-    """pruning.py's own flags and defaults for fpgm, so this runs what the script runs."""
-    args = pruning.get_args_parser().parse_args(["--pruning_method=fpgm", f"--cut_rate={cut_rate}"])
-    vars(args).update(overrides)
-    return args
 
 
 def prune_untrained(model, cut_rate: float):
     """FPGM's selection on the current weights, zeroed, then removed: the compact model."""
     masked = copy.deepcopy(model)
-    pruner = create_pruner("fpgm", fpgm_flags(cut_rate))
+    pruner = create_pruner("fpgm", cut_rate=cut_rate)
     pruner.soft_step(pruner.prunable_layers(masked), epoch=0)
     selection = {name: index.tolist() for name, index in pruner.selection.items()}
     return compact_model(masked, selection), masked
@@ -119,9 +115,9 @@ def compare(dense, compact, args, samples, label):
 def lenet_5_caffe(args):
     spec = get_spec("mnist")
     if args.load_folder_model:
-        loaded = checkpoint.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
+        loaded = checkpoints.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
                                             expect_model="lenet_5_caffe")
-        model = checkpoint.build_model(loaded)
+        model = checkpoints.build_model(loaded)
         original = (loaded.get("pruning") or {}).get("original_widths")
         if original and list(original) != list(model.widths):  # already compacted by pruning.py
             dense = models.create_model("lenet_5_caffe", model.input_shape, model.num_classes, original)
@@ -140,18 +136,20 @@ def lenet_5_caffe(args):
 def alexnet_end_to_end(args):
     """Train alexnet one epoch on a subset, fpgm-prune with one retraining epoch, compact."""
     generator = seed_everything(args.seed)
-    train, test, spec = load_dataset("mnist", args.data_dir, download=False)
+    train, test, spec = load_dataset("mnist", args.data_dir, download=False,
+                                     verify=not args.no_verify_data)
     train, test = train.subset(args.alexnet_images), test.subset(max(args.alexnet_images // 2, 1))
     model = models.create_model("alexnet", spec.input_shape, spec.num_classes)
-    optimizer = make_optimizer("adam", model.parameters(), 1e-3)
+    settings = TrainingSettings(epochs=1, batch_size=64, learning_rate=1e-3,
+                                lr_schedule="constant", progress=False)
     print(f"\nalexnet on {len(train)} MNIST training images, {len(test)} test images")
-    fit(model, train, test, 1, 64, optimizer, make_scheduler("constant", optimizer, 1),
-        generator=generator, progress=False, print_fn=lambda line: print(f"  dense   {line}"))
+    fit(model, train, test, settings, generator=generator,
+        print_fn=lambda line: print(f"  dense   {line}"))
     dense_acc = evaluate(model, test)["acc"]
-    pruner = create_pruner("fpgm", fpgm_flags(args.cut_rate))
-    context = PruneContext(train=train, test=test, epochs=1, batch_size=64, learning_rate=1e-4,
-                           generator=generator, progress=False,
-                           print_fn=lambda line: print(f"  fpgm    {line}"))
+    pruner = create_pruner("fpgm", cut_rate=args.cut_rate)
+    context = PruneContext(train=train, test=test,
+                           settings=settings.replace(learning_rate=1e-4, lr_schedule="cosine"),
+                           generator=generator, print_fn=lambda line: print(f"  fpgm    {line}"))
     dense = copy.deepcopy(model)  # prune() zeroes filters in the model it is given
     compact = pruner.prune(model, context)
     print(f"  accuracy on the subset: dense {dense_acc:.2%}, compact {evaluate(compact, test)['acc']:.2%}"
@@ -164,9 +162,7 @@ def alexnet_end_to_end(args):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    check_rate("--cut_rate", args.cut_rate)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cli.apply_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
           f"median of {args.rounds} alternating rounds")
     results = {"lenet_5_caffe": lenet_5_caffe(args)}
@@ -177,5 +173,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from utils.cli import run
-    run(main)
+    cli.run(main)

@@ -18,13 +18,11 @@ checkpoint is pruned the same way (no retraining). No network.
     python benchmarks/songhan_sparse.py
     python benchmarks/songhan_sparse.py --load_folder_model=lenet_300_100_mnist_acc_0.9838_epoch_30
 """
-import argparse
 import copy
 import statistics
 import sys
 import tempfile
 import time
-from argparse import Namespace
 from pathlib import Path
 
 import torch
@@ -35,9 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import models  # noqa: E402
 from models.base import weight_layers  # noqa: E402
 from pruners.songhan import SongHanPruner, find_cut, magnitude_keys  # noqa: E402
-from utils import checkpoint  # noqa: E402
-from utils.cli import run  # noqa: E402
-from utils.sparse_linear import (AUTO_MAX_DENSITY, AUTO_MIN_BATCH, AUTO_MIN_WEIGHTS,  # noqa: E402
+from utils import checkpoints  # noqa: E402
+from utils import cli  # noqa: E402
+from utils.masks import make_permanent  # noqa: E402
+from pruners.sparse_linear import (AUTO_MAX_DENSITY, AUTO_MIN_BATCH, AUTO_MIN_WEIGHTS,  # noqa: E402
                                  SparseLinear,
                                  sparse_layers, sparsify_linear_layers)
 from utils.timing import time_inference  # noqa: E402
@@ -46,24 +45,22 @@ MNIST = (1, 28, 28)
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = cli.new_parser(__doc__)
     parser.add_argument("--load_folder_model", default=None,
                         help="a trained lenet_300_100 checkpoint to prune (default: random init)")
     parser.add_argument("--checkpoint_dir", default="checkpoints", help="where checkpoints are read")
-    parser.add_argument("--cut_rate", type=float, default=0.92,
+    parser.add_argument("--cut_rate", type=cli.fraction, default=0.92,
                         help="fraction of weights removed for the file-size figure (0.92: 12x)")
-    parser.add_argument("--densities", type=float, nargs="+",
+    parser.add_argument("--densities", type=cli.float_in(0.0, 1.0, low_open=True), nargs="+",
                         default=[0.02, 0.05, 0.08, 0.12, 0.2, 0.35],
                         help="weight densities for the speed tables")
-    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16, 64, 256, 1024],
+    parser.add_argument("--batch_sizes", type=cli.positive_int, nargs="+", default=[1, 16, 64, 256, 1024],
                         help="batch sizes for the speed tables")
-    parser.add_argument("--samples", type=int, default=50, help="timed passes per measurement")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--samples", type=cli.positive_int, default=50, help="timed passes per measurement")
+    parser.add_argument("--rounds", type=cli.positive_int, default=3,
                         help="alternating dense/sparse rounds; the median of the round medians "
                              "is reported")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's own choice)")
+    cli.add_threads_arg(parser)
     parser.add_argument("--skip_threshold", action="store_true",
                         help="skip the 57M-weight global-threshold timing (builds a 230 MB model)")
     return parser
@@ -72,34 +69,19 @@ def get_args_parser():
 def _prune(model: nn.Module, cut_rate: float, scope: str = "global") -> nn.Module:
     """Magnitude pruning without retraining: what the speed and the file size depend on."""
 
-    class NoRetrain:
-        epochs = 0
-        test = None
-
-        @staticmethod
-        def print_fn(*_):
-            pass
-
-        @staticmethod
-        def retrain(*_, **__):
-            return []
-
-    pruner = SongHanPruner(Namespace(cut_rate=cut_rate, quality=None, prune_scope=scope,
-                                     pruning_epochs=1, prune_bias=False, adjust_dropout=False,
-                                     sparse_inference="off"))
+    pruner = SongHanPruner(cut_rate=cut_rate, scope=scope, adjust_dropout=False,
+                           sparse_inference="off")
     # prune() evaluates on the test split between pruning and retraining; prune_step plus
-    # prune.remove is the same pruning without an evaluation.
+    # make_permanent is the same pruning without an evaluation.
     pruner.prune_step(model, 1)
-    for _, module in weight_layers(model):
-        torch.nn.utils.prune.remove(module, "weight")
-    return model.eval()
+    return make_permanent(model).eval()
 
 
 def _lenet(args) -> nn.Module:
     if args.load_folder_model:
-        loaded = checkpoint.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
+        loaded = checkpoints.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
                                             expect_model="lenet_300_100")
-        return checkpoint.build_model(loaded)
+        return checkpoints.build_model(loaded)
     torch.manual_seed(0)
     return models.create_model("lenet_300_100", MNIST, 10)
 
@@ -111,11 +93,11 @@ def file_sizes(args):
     with tempfile.TemporaryDirectory() as folder:
         sizes = {}
         for sparse in (False, True):
-            path = checkpoint.save_checkpoint(
-                checkpoint.make_checkpoint(model, "mnist", {}, {}, sparse=sparse),
+            path = checkpoints.save_checkpoint(
+                checkpoints.make_checkpoint(model, "mnist", {}, {}, sparse=sparse),
                 Path(folder) / f"sparse_{sparse}.pt")
             sizes[sparse] = path.stat().st_size
-            restored = checkpoint.build_model(checkpoint.load_checkpoint(str(path)))
+            restored = checkpoints.build_model(checkpoints.load_checkpoint(str(path)))
             original = model.state_dict()
             assert all(torch.equal(v, original[k]) for k, v in restored.state_dict().items())
     print(f"\n1. checkpoint size, lenet_300_100 with {kept:,} of {weights:,} weights kept "
@@ -206,8 +188,7 @@ def threshold_timing(args, repeats: int = 3):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    cli.apply_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.samples} timed passes x {args.rounds} alternating rounds per figure")
     file_sizes(args)
@@ -218,4 +199,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run(lambda: main())
+    cli.run(main)

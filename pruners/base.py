@@ -1,13 +1,19 @@
-"""What pruning.py needs from a pruning method, and what it gives the method to retrain with."""
+"""What pruning.py needs from a pruning method, and what it gives the method to retrain with.
+
+A pruner is built from keyword arguments (tests and benchmarks call the class directly); the
+command line goes through ``from_args``, which maps the method's flags onto them. Every method's
+flags live on pruning.py's parser in a group of their own (``add_arguments``), so a flag given to
+the wrong method can be refused (``foreign_flags``).
+"""
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import torch
 import torch.nn as nn
 
 from utils.data import Split
 from utils.errors import UserError
-from utils.training import fit, make_optimizer, make_scheduler
+from utils.training import TrainingSettings, fit
 
 
 @dataclass
@@ -15,32 +21,27 @@ class PruneContext:
     """Data and training settings for retraining; ``retrain`` runs the shared loop."""
     train: Split
     test: Split
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    optimizer: str = "adam"
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_schedule: str = "cosine"
+    settings: TrainingSettings
     augment: bool = False
     generator: Optional[torch.Generator] = None
-    progress: bool = True
     print_fn: Callable = print
+
+    @property
+    def epochs(self) -> int:
+        return self.settings.epochs
 
     def retrain(self, model: nn.Module, epochs: Optional[int] = None,
                 after_step: Optional[Callable[[], None]] = None,
                 on_epoch_end: Optional[Callable[[int], None]] = None) -> list:
         """Retrain ``model`` with a fresh optimizer over its current parameters (after
-        torch.nn.utils.prune these are the weight_orig tensors behind the masks)."""
-        epochs = self.epochs if epochs is None else epochs
+        torch.nn.utils.prune these are the weight_orig tensors behind the masks; after a physical
+        removal, the new smaller tensors)."""
+        epochs = self.settings.epochs if epochs is None else epochs
         if epochs <= 0:
             return []
-        optimizer = make_optimizer(self.optimizer, model.parameters(), self.learning_rate,
-                                   self.momentum, self.weight_decay)
-        scheduler = make_scheduler(self.lr_schedule, optimizer, epochs)
-        return fit(model, self.train, self.test, epochs, self.batch_size, optimizer, scheduler,
+        return fit(model, self.train, self.test, self.settings, epochs=epochs,
                    augment=self.augment, generator=self.generator, after_step=after_step,
-                   on_epoch_end=on_epoch_end, progress=self.progress, print_fn=self.print_fn)
+                   on_epoch_end=on_epoch_end, print_fn=self.print_fn)
 
 
 def check_rate(flag: str, value) -> float:
@@ -51,25 +52,38 @@ def check_rate(flag: str, value) -> float:
     return rate
 
 
+# pruning.py's --cut_rate default; a method can tell whether the user changed it.
+DEFAULT_CUT_RATE = 0.5
+
+
 class Pruner:
     """Base class of a pruning method. Subclasses are registered with @register_pruner(name)."""
 
     name = ""
     # Store pruned tensors as bitmask + values (pays for unstructured sparsity only).
     sparse_checkpoint = False
+    # Whether prune() keeps the model's architecture (masks) or builds a smaller one.
+    structured = False
 
     @staticmethod
-    def add_arguments(parser) -> None:
-        """Method-specific flags; every method's flags are on pruning.py's parser."""
+    def add_arguments(group) -> None:
+        """Method-specific flags, added to an argument group of their own on pruning.py."""
 
-    def __init__(self, args):
-        """Checks --cut_rate, shared by every method; subclasses check their own flags after."""
-        self.args = args
-        self.cut_rate = check_rate("--cut_rate", getattr(args, "cut_rate", 0.5))
+    @classmethod
+    def from_args(cls, args) -> "Pruner":
+        """The pruner the command line asks for; subclasses map their flags to keywords."""
+        return cls(cut_rate=args.cut_rate)
+
+    def __init__(self, cut_rate: float = DEFAULT_CUT_RATE):
+        """Checks the rate, shared by every method; subclasses check their own keywords after."""
+        self.cut_rate = check_rate("--cut_rate", cut_rate)
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse, before any training, a model this method cannot prune as asked."""
 
     def prune(self, model: nn.Module, context: PruneContext) -> nn.Module:
         """Prune and retrain; return the final model (a new, smaller one if the method
-        removes structure). Masks must be made permanent before returning."""
+        removes structure)."""
         raise NotImplementedError
 
     def metadata(self) -> dict:
@@ -79,3 +93,16 @@ class Pruner:
     def inference_model(self, model: nn.Module) -> nn.Module:
         """The model to time and deploy; a method may swap in faster kernels."""
         return model
+
+
+def foreign_flags(parser, args, method: str, groups: dict) -> List[str]:
+    """Flags of other methods' groups that ``args`` sets to something other than their default:
+    given to ``method``, they would be silently ignored."""
+    given = []
+    for other, group in groups.items():
+        if other == method:
+            continue
+        for action in group._group_actions:
+            if getattr(args, action.dest, None) != action.default:
+                given.append(action.option_strings[0])
+    return given

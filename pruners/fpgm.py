@@ -9,7 +9,7 @@ Afterwards the selected filters are removed physically (models/compact.py): the 
 smaller dense model of the same class.
 """
 import math
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -18,12 +18,16 @@ import torch.nn.utils.prune as torch_prune
 from models.base import weight_layers
 from models.compact import compact_model
 from pruners import register_pruner
-from pruners.base import Pruner, PruneContext, check_rate
+from pruners.base import DEFAULT_CUT_RATE, Pruner, PruneContext, check_rate
+from utils import cli
 from utils.errors import UserError
+from utils.masks import masked_tensors
+from utils.modes import eval_mode
 
 # floor(N x rate) in floating point can land just under an integer (0.29 x 100 =
 # 28.999999999999996); the tolerance keeps such products on the integer they denote.
 _FLOOR_TOLERANCE = 1e-9
+MODES = ("soft", "fixed")
 
 
 def pruned_count(filters: int, rate: float) -> int:
@@ -114,42 +118,65 @@ def _names(values: Optional[List[str]]) -> List[str]:
 @register_pruner("fpgm")
 class FPGMPruner(Pruner):
 
+    structured = True
+
     @staticmethod
     def add_arguments(group) -> None:
         group.add_argument("--fpgm_distance", choices=sorted(DISTANCES), default="l2",
                            help="distance between flattened filters")
-        group.add_argument("--fpgm_norm_rate", type=float, default=0.0,
+        group.add_argument("--fpgm_norm_rate", type=cli.fraction, default=0.0,
                            help="FPGM-mix: fraction of each layer's filters removed first by "
                                 "smallest L2 norm, in addition to the --cut_rate fraction chosen "
                                 "by distance among the rest; the two add up as in the official "
                                 "code (its --rate_norm 0.7 --rate_dist 0.1 is "
                                 "--fpgm_norm_rate=0.3 --cut_rate=0.1). 0 = FPGM only")
-        group.add_argument("--fpgm_mode", choices=("soft", "fixed"), default="soft",
+        group.add_argument("--fpgm_mode", choices=MODES, default="soft",
                            help="soft: reselect and zero at the end of every retraining epoch, "
                                 "zeroed filters keep training (the paper); fixed: keep the first "
                                 "selection, masked at zero (the official code's gradient mask)")
         group.add_argument("--fpgm_exclude", action="append", default=None, metavar="LAYER[,LAYER]",
                            help="layer names never pruned (repeatable or comma-separated), "
                                 "e.g. conv1; the classifier is never pruned")
+        group.add_argument("--finetune_epochs", type=cli.non_negative_int, default=0,
+                           help="epochs of training of the compact model after the filters are "
+                                "removed. Soft mode ends on a fresh zeroing that no epoch has "
+                                "recovered from: with few --epochs (1 or 2) that costs accuracy, "
+                                "and a few fine-tuning epochs win it back; 0 keeps the paper's "
+                                "schedule")
 
-    def __init__(self, args):
-        super().__init__(args)
+    @classmethod
+    def from_args(cls, args) -> "FPGMPruner":
+        return cls(cut_rate=args.cut_rate, distance=args.fpgm_distance,
+                   norm_rate=args.fpgm_norm_rate, mode=args.fpgm_mode,
+                   exclude=_names(args.fpgm_exclude), finetune_epochs=args.finetune_epochs)
+
+    def __init__(self, cut_rate: float = DEFAULT_CUT_RATE, distance: str = "l2",
+                 norm_rate: float = 0.0, mode: str = "soft", exclude: Sequence[str] = (),
+                 finetune_epochs: int = 0):
+        super().__init__(cut_rate)
         self.rate = self.cut_rate
-        self.norm_rate = check_rate("--fpgm_norm_rate", getattr(args, "fpgm_norm_rate", 0.0))
-        self.mode = getattr(args, "fpgm_mode", "soft")
-        self.exclude = _names(getattr(args, "fpgm_exclude", None))
-        if self.mode not in ("soft", "fixed"):
-            raise UserError(f"--fpgm_mode must be soft or fixed, got {self.mode!r}")
-        if getattr(args, "pruning_epochs", 1) != 1:
-            raise UserError("fpgm prunes at the end of every one of the --epochs retraining "
-                            "epochs; --pruning_epochs is for songhan, leave it at 1")
-        self.criterion = GeometricMedianFilters(self.rate, getattr(args, "fpgm_distance", "l2"),
-                                                self.norm_rate)
+        self.norm_rate = check_rate("--fpgm_norm_rate", norm_rate)
+        self.mode = mode
+        self.exclude = list(exclude)
+        self.finetune_epochs = int(finetune_epochs)
+        if self.mode not in MODES:
+            raise UserError(f"--fpgm_mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.finetune_epochs < 0:
+            raise UserError(f"--finetune_epochs must be zero or more, got {self.finetune_epochs}")
+        self.criterion = GeometricMedianFilters(self.rate, distance, self.norm_rate)
         self.selection: Dict[str, torch.Tensor] = {}
         self.epoch_log: List[dict] = []
+        self.finetune_log: List[dict] = []
         self.original_widths: Optional[list] = None
         self.widths: Optional[list] = None
         self.compact_difference: Optional[float] = None
+
+    def check_model(self, model: nn.Module) -> None:
+        if any(True for _ in masked_tensors(model)):
+            raise UserError("this checkpoint is magnitude-pruned (it carries weight masks); fpgm "
+                            "removes whole filters of a dense model: prune the dense checkpoint "
+                            "it came from")
+        self.prunable_layers(model)
 
     # -- which layers, how many ------------------------------------------------------------
 
@@ -253,6 +280,7 @@ class FPGMPruner(Pruner):
         return self.selection
 
     def prune(self, model: nn.Module, context: PruneContext) -> nn.Module:
+        self.check_model(model)
         self.original_widths = list(model.widths)
         selection = self.train_masked(model, context)
         small = compact_model(model, {name: index.tolist() for name, index in selection.items()})
@@ -262,18 +290,18 @@ class FPGMPruner(Pruner):
                          f"({self.mode} mode, {self.criterion.distance.name} distance); compact vs "
                          f"masked model: max |logit difference| {self.compact_difference:.2e} "
                          f"on {min(len(context.test), 256)} test images")
+        if self.finetune_epochs:
+            # New, smaller parameters: retrain builds a new optimizer over them.
+            context.print_fn(f"fpgm: fine-tuning the compact model for {self.finetune_epochs} epochs")
+            self.finetune_log = context.retrain(small, epochs=self.finetune_epochs)
         return small
 
     @staticmethod
     @torch.no_grad()
     def _max_difference(masked: nn.Module, small: nn.Module, images: torch.Tensor) -> float:
         """Evidence, on every run, that removal kept the function the masked model computes."""
-        modes = masked.training, small.training
-        masked.eval(), small.eval()
-        try:
+        with eval_mode(masked, small):
             return float((masked(images) - small(images)).abs().max()) if len(images) else 0.0
-        finally:
-            masked.train(modes[0]), small.train(modes[1])
 
     def metadata(self) -> dict:
         return {
@@ -282,4 +310,6 @@ class FPGMPruner(Pruner):
             "original_widths": self.original_widths, "widths": self.widths,
             "pruned_filters": {name: index.tolist() for name, index in self.selection.items()},
             "epochs": self.epoch_log, "compact_max_difference": self.compact_difference,
+            "finetune_epochs": self.finetune_epochs,
+            "finetune_acc": self.finetune_log[-1]["test_acc"] if self.finetune_log else None,
         }

@@ -5,8 +5,9 @@ the removed ones held at zero, and repeat for higher compression.
 Masks go through torch.nn.utils.prune (``weight = weight_orig * weight_mask`` in a forward
 pre-hook), so a pruned weight is zero in every forward pass whatever the optimizer does to
 ``weight_orig`` (momentum, Adam's moments, weight decay), and the gradient reaching a pruned
-weight is multiplied by the 0/1 mask, never by the weights (the reference's bug). Before the model
-is returned the masks are made permanent (prune.remove), so it saves as a plain state_dict.
+weight is multiplied by the 0/1 mask, never by the weights (the reference's bug). The model is
+returned with its masks on: the checkpoint stores them (utils/masks.py), and a model loaded from
+it is pruned further, or fine-tuned, with the same masks, so pruned weights stay pruned.
 
 Exactly the k smallest |w| are removed, ties broken by position (earlier layer, then earlier
 flat index, goes first), through a two-pass radix select on the float bit patterns (see
@@ -22,10 +23,10 @@ import torch.nn.utils.prune as prune
 
 from models.base import weight_layers
 from pruners import register_pruner
-from pruners.base import PruneContext, Pruner
+from pruners.base import DEFAULT_CUT_RATE, PruneContext, Pruner
 from utils import cli
 from utils.errors import UserError
-from utils.sparse_linear import SPARSE_INFERENCE_MODES, sparsify_linear_layers
+from pruners.sparse_linear import SPARSE_INFERENCE_MODES, sparsify_linear_layers
 from utils.training import evaluate
 
 SCOPES = ("global", "layer")
@@ -185,11 +186,13 @@ def magnitude_unstructured(module: nn.Module, name: str, amount=None, threshold=
 
 # ---------------------------------------------------------------- schedule and dropout
 
-def schedule_sparsity(target: float, rounds: int) -> List[float]:
-    """Sparsity after each round, reaching ``target`` at the last. Each round removes the same
-    fraction of the weights still alive (density (1-target)^(i/N)), so later rounds, when the
-    network has less slack, remove fewer weights in absolute terms, as in Han's iterations."""
-    steps = [1 - (1 - target) ** (i / rounds) for i in range(1, rounds)]
+def schedule_sparsity(target: float, rounds: int, start: float = 0.0) -> List[float]:
+    """Sparsity after each round, from ``start`` (what an already pruned model has) to
+    ``target`` at the last. Each round removes the same fraction of the weights still alive
+    (density (1-start) x ((1-target)/(1-start))^(i/N)), so later rounds, when the network has
+    less slack, remove fewer weights in absolute terms, as in Han's iterations."""
+    ratio = (1 - target) / (1 - start)
+    steps = [1 - (1 - start) * ratio ** (i / rounds) for i in range(1, rounds)]
     return steps + [target]  # the target itself, not a float power that lands a hair off
 
 
@@ -210,34 +213,49 @@ class SongHanPruner(Pruner):
     sparse_checkpoint = True  # unstructured zeros: the bitmask + values form shrinks the file
 
     @staticmethod
-    def add_arguments(parser) -> None:
-        parser.add_argument("--prune_scope", choices=SCOPES, default="global",
-                            help="global: --cut_rate of all prunable weights together, one "
-                                 "magnitude threshold for the whole network; layer: --cut_rate "
-                                 "of every layer")
-        parser.add_argument("--quality", type=float, default=None,
-                            help="Han's rule instead of --cut_rate: remove weights with |w| < "
-                                 "quality x std of their layer's weights (per layer; std of the "
-                                 "trained weights before pruning)")
-        parser.add_argument("--prune_bias", type=cli.str2bool, default=False,
-                            help="also prune biases (the paper prunes connections only)")
-        parser.add_argument("--adjust_dropout", type=cli.str2bool, default=True,
-                            help="Han's Eq. 2: scale the dropout before each pruned layer by "
-                                 "sqrt(remaining / original connections) while retraining")
-        parser.add_argument("--sparse_inference", choices=SPARSE_INFERENCE_MODES, default="auto",
-                            help="run pruned linear layers with sparse CSR kernels: on, off, or "
-                                 "auto (only layers and batch sizes where it measurably pays on "
-                                 "CPU; see utils/sparse_linear.py)")
+    def add_arguments(group) -> None:
+        group.add_argument("--pruning_epochs", type=cli.positive_int, default=1,
+                           help="pruning rounds; each prunes further along a schedule that "
+                                "reaches --cut_rate at the last round, then retrains --epochs "
+                                "epochs")
+        group.add_argument("--prune_scope", choices=SCOPES, default="global",
+                           help="global: --cut_rate of all prunable weights together, one "
+                                "magnitude threshold for the whole network; layer: --cut_rate "
+                                "of every layer")
+        group.add_argument("--quality", type=cli.positive_float, default=None,
+                           help="Han's rule instead of --cut_rate (do not give both): remove "
+                                "weights with |w| < quality x std of their layer's weights (per "
+                                "layer; std of the trained weights before pruning; Han et al. use "
+                                "about 0.5-2)")
+        group.add_argument("--prune_bias", type=cli.str2bool, default=False,
+                           help="also prune biases (the paper prunes connections only)")
+        group.add_argument("--adjust_dropout", type=cli.str2bool, default=True,
+                           help="Han's Eq. 2: scale the dropout before each pruned layer by "
+                                "sqrt(remaining / original connections) while retraining")
+        group.add_argument("--sparse_inference", choices=SPARSE_INFERENCE_MODES, default="auto",
+                           help="run pruned linear layers with sparse CSR kernels: on, off, or "
+                                "auto (only layers and batch sizes where it measurably pays on "
+                                "CPU; see pruners/sparse_linear.py)")
 
-    def __init__(self, args):
-        super().__init__(args)
-        get = lambda name, default: getattr(args, name, default)  # noqa: E731
-        self.quality = get("quality", None)
-        self.scope = get("prune_scope", "global")
-        self.rounds = int(get("pruning_epochs", 1))
-        self.prune_bias = bool(get("prune_bias", False))
-        self.adjust_dropout = bool(get("adjust_dropout", True))
-        self.sparse_inference = get("sparse_inference", "auto")
+    @classmethod
+    def from_args(cls, args) -> "SongHanPruner":
+        if args.quality is not None and args.cut_rate != DEFAULT_CUT_RATE:
+            raise UserError("give either --cut_rate (a fraction of the weights) or --quality (a "
+                            "threshold in standard deviations), not both")
+        return cls(cut_rate=args.cut_rate, rounds=args.pruning_epochs, scope=args.prune_scope,
+                   quality=args.quality, prune_bias=args.prune_bias,
+                   adjust_dropout=args.adjust_dropout, sparse_inference=args.sparse_inference)
+
+    def __init__(self, cut_rate: float = DEFAULT_CUT_RATE, rounds: int = 1, scope: str = "global",
+                 quality: Optional[float] = None, prune_bias: bool = False,
+                 adjust_dropout: bool = True, sparse_inference: str = "auto"):
+        super().__init__(cut_rate)
+        self.quality = quality
+        self.scope = scope
+        self.rounds = int(rounds)
+        self.prune_bias = bool(prune_bias)
+        self.adjust_dropout = bool(adjust_dropout)
+        self.sparse_inference = sparse_inference
         if self.quality is not None and not (math.isfinite(self.quality) and self.quality > 0):
             raise UserError(f"--quality must be a positive number (Han et al. use about 0.5-2), "
                             f"got {self.quality}")
@@ -249,6 +267,7 @@ class SongHanPruner(Pruner):
             raise UserError(f"--sparse_inference must be one of "
                             f"{', '.join(SPARSE_INFERENCE_MODES)}, got {self.sparse_inference!r}")
         self._record: Dict = {}
+        self._start_sparsity = 0.0
 
     # -- what gets pruned
 
@@ -277,7 +296,7 @@ class SongHanPruner(Pruner):
                 method = MagnitudeUnstructured(threshold=self.quality * fraction * std)
                 self._apply(module, tensor, method)
             return
-        sparsity = schedule_sparsity(self.cut_rate, self.rounds)[step - 1]
+        sparsity = schedule_sparsity(self.cut_rate, self.rounds, self._start_sparsity)[step - 1]
         current = [self._current(module, tensor) for _, module, tensor in targets]
         if self.scope == "layer":
             for (_, module, tensor), _ in zip(targets, current):
@@ -312,16 +331,32 @@ class SongHanPruner(Pruner):
 
     # -- the whole method
 
+    def check_model(self, model: nn.Module) -> None:
+        """A model pruned before keeps its masks (masks only grow): a target it has already
+        reached would prune nothing and is refused before any retraining."""
+        pruned, total = self._count(model)
+        self._start_sparsity = pruned / total if total else 0.0
+        if self.quality is None and pruned and self._start_sparsity >= self.cut_rate:
+            raise UserError(
+                f"the model already has {pruned:,} of {total:,} prunable weights pruned "
+                f"({self._start_sparsity:.2%}); --cut_rate={self.cut_rate} would prune nothing "
+                f"more (pruned weights stay pruned): give a rate above {self._start_sparsity:.4f}")
+
     def prune(self, model: nn.Module, context: PruneContext) -> nn.Module:
+        """Prunes and retrains in place. The model comes back with its torch.nn.utils.prune
+        masks on, so the checkpoint stores them; make them permanent (utils.masks) for
+        inference."""
+        self.check_model(model)
         modules = dict(model.named_modules())
         dropout_before = getattr(model, "dropout_before", {})
         self._dropout_original = {d: modules[d].p for d in dropout_before.values()}
-        self._connections_original = {layer: int(torch.count_nonzero(modules[layer].weight))
+        # Han's C_io: the dense layer's connections, also when the model was pruned before.
+        self._connections_original = {layer: modules[layer].weight.numel()
                                       for layer in dropout_before}
         targets = self.targets(model)
-        # Han's std is of each layer's trained weights, taken once before any pruning.
+        # Han's std is of each layer's trained weights, taken once before this run's pruning.
         self._stds = [float(getattr(m, t).detach().float().std()) for _, m, t in targets]
-        self._record = {"rounds": []}
+        self._record = {"rounds": [], "start_sparsity": self._start_sparsity}
         for step in range(1, self.rounds + 1):
             self.prune_step(model, step)
             if self.adjust_dropout and dropout_before:
@@ -337,15 +372,13 @@ class SongHanPruner(Pruner):
                                            "acc_pruned": pruned_acc,
                                            "acc_retrained": history[-1]["test_acc"] if history
                                            else pruned_acc})
-        for _, module, tensor in targets:
-            if prune.is_pruned(module) and hasattr(module, tensor + "_mask"):
-                prune.remove(module, tensor)  # weight = weight_orig * mask, a plain Parameter again
-        self._record["layers"] = {
-            f"{layer}.{tensor}": {"entries": getattr(m, tensor).numel(),
-                                  "nonzero": int(torch.count_nonzero(getattr(m, tensor))),
-                                  "sparsity": 1 - int(torch.count_nonzero(getattr(m, tensor)))
-                                  / getattr(m, tensor).numel()}
-            for layer, m, tensor in targets}
+        self._record["layers"] = {}
+        for layer, m, tensor in targets:
+            values = getattr(m, tensor)
+            nonzero = int(torch.count_nonzero(values))
+            self._record["layers"][f"{layer}.{tensor}"] = {
+                "entries": values.numel(), "nonzero": nonzero,
+                "sparsity": 1 - nonzero / values.numel()}
         return model
 
     def _count(self, model: nn.Module) -> Tuple[int, int]:

@@ -6,7 +6,7 @@ import torch
 import baseline
 from tests.conftest import run_script
 
-FAST = ["--no_download", "--inference_sampling=3", "--inference_batch_size=16", "--no_progress",
+FAST = ["--no_download", "--no_verify_data", "--inference_sampling=3", "--inference_batch_size=16", "--no_progress",
         "--batch_size=64"]
 
 
@@ -59,7 +59,10 @@ def _fails(argv, capsys, tmp_path):
 def test_user_errors_are_one_line_and_exit_2(mnist_dir, tmp_path, capsys, trained_checkpoint):
     common = [f"--data_dir={mnist_dir}", f"--checkpoint_dir={tmp_path}"]
     err = _fails(["--model=lenet_5", "--do_training=False", *common], capsys, tmp_path)
-    assert err[-1] == "error: --do_training=False needs --load_folder_model: there is nothing to evaluate"
+    assert err[-1] == ("error: --do_training=False needs --load_folder_model: there is nothing to "
+                       "train or evaluate")
+    err = _fails(["--model=lenet_5", "--epochs=0", *common], capsys, tmp_path)
+    assert err[-1].startswith("error: --epochs=0 needs --load_folder_model")
 
     err = _fails(["--model=lenet_5", "--load_folder_model=missing", *common], capsys, tmp_path)
     assert err[-1].startswith("error: no checkpoint 'missing'")

@@ -11,9 +11,9 @@ import torch
 import calFLOP
 import models
 from tests.conftest import run_script
-from utils.checkpoint import load_checkpoint, build_model, make_checkpoint, save_checkpoint
-from utils.flops import (activation_density, count_flops, flop_table, han_flop_fractions,
-                         layer_stats, render_csv, render_markdown, weighted_total)
+from utils.checkpoints import load_checkpoint, build_model, make_checkpoint, save_checkpoint
+from utils.reporting.counting import activation_density, count_flops, han_flop_fractions, layer_stats, weighted_total
+from utils.reporting.tables import flop_table, render_csv, render_markdown
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)

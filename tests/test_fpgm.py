@@ -13,9 +13,10 @@ from models.compact import compact_model
 from pruners import PruneContext, create_pruner
 from pruners.fpgm import DISTANCES, GeometricMedianFilters, pruned_count
 from tests.conftest import run_script
-from utils import checkpoint
+from utils import checkpoints
 from utils.data import load_dataset
 from utils.errors import UserError
+from utils.training import TrainingSettings
 
 
 def fpgm_args(**overrides):
@@ -135,12 +136,12 @@ def test_excluded_layers_keep_their_width():
 def test_widths_round_trip_through_a_checkpoint(tmp_path):
     model, pruner = soft_pruned("lenet_5_caffe", (1, 28, 28))
     small = compact_model(model, {k: v.tolist() for k, v in pruner.selection.items()}).eval()
-    path = checkpoint.save_checkpoint(
-        checkpoint.make_checkpoint(small, "mnist", {}, {}, pruning=pruner.metadata()),
+    path = checkpoints.save_checkpoint(
+        checkpoints.make_checkpoint(small, "mnist", {}, {}, pruning=pruner.metadata()),
         tmp_path / "small.pt")
-    loaded = checkpoint.load_checkpoint(str(path))
+    loaded = checkpoints.load_checkpoint(str(path))
     assert loaded["config"]["widths"] == [12, 30, 300]
-    rebuilt = checkpoint.build_model(loaded).eval()
+    rebuilt = checkpoints.build_model(loaded).eval()
     assert rebuilt.widths == (12, 30, 300)
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
@@ -181,10 +182,10 @@ class RecordingContext(PruneContext):
 
 
 def tiny_context(mnist_dir, epochs):
-    train, test, _ = load_dataset("mnist", mnist_dir, download=False)
-    return RecordingContext(train=train, test=test, epochs=epochs, batch_size=64,
-                            learning_rate=1e-3, generator=torch.Generator().manual_seed(0),
-                            progress=False, print_fn=lambda *a: None)
+    train, test, _ = load_dataset("mnist", mnist_dir, download=False, verify=False)
+    settings = TrainingSettings(epochs=epochs, batch_size=64, learning_rate=1e-3, progress=False)
+    return RecordingContext(train=train, test=test, settings=settings,
+                            generator=torch.Generator().manual_seed(0), print_fn=lambda *a: None)
 
 
 def test_soft_mode_filters_regrow_during_training(mnist_dir):
@@ -233,13 +234,15 @@ def test_fixed_mode_keeps_the_first_selection_at_zero(mnist_dir):
 
 # ---- bad input -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("flags,message", [
-    ({"fpgm_norm_rate": 1.2}, "--fpgm_norm_rate must be in"),
-    ({"pruning_epochs": 3}, "--pruning_epochs is for songhan"),
+@pytest.mark.parametrize("kwargs,message", [
+    ({"norm_rate": 1.2}, "--fpgm_norm_rate must be in"),
+    ({"mode": "hard"}, "--fpgm_mode must be one of soft, fixed"),
+    ({"finetune_epochs": -1}, "--finetune_epochs must be zero or more"),
+    ({"distance": "l3"}, "unknown distance 'l3'"),
 ])
-def test_bad_flags_raise_before_anything(flags, message):
+def test_bad_keywords_raise_before_anything(kwargs, message):
     with pytest.raises(UserError, match=message):
-        create_pruner("fpgm", fpgm_args(**flags))
+        create_pruner("fpgm", **kwargs)
 
 
 def test_bad_layer_input_raises_before_training():
@@ -263,7 +266,7 @@ def caffe_checkpoint(trained_checkpoint, tmp_path):
 def pruning_argv(name, ckpt_dir, data_dir, *extra):
     return [f"--load_folder_model={name}", f"--checkpoint_dir={ckpt_dir}", f"--data_dir={data_dir}",
             "--pruning_method=fpgm", "--epochs=1", "--batch_size=64", "--inference_sampling=2",
-            "--inference_batch_size=8", "--no_progress", *extra]
+            "--inference_batch_size=8", "--no_progress", "--no_download", "--no_verify_data", *extra]
 
 
 def test_pruning_script_end_to_end(caffe_checkpoint):
@@ -272,22 +275,24 @@ def test_pruning_script_end_to_end(caffe_checkpoint):
     assert code == 0
     assert result["after"]["flops"] < 0.5 * result["before"]["flops"]
     assert result["after"]["parameters"] < result["before"]["parameters"]
-    saved = checkpoint.load_checkpoint(result["path"])
+    saved = checkpoints.load_checkpoint(result["path"])
     assert saved["config"]["widths"] == [12, 30, 300]
     assert saved["pruning"]["method"] == "fpgm" and saved["pruning"]["original_widths"] == [20, 50, 500]
     assert [e["epoch"] for e in saved["pruning"]["epochs"]] == [1]
     assert saved["pruning"]["compact_max_difference"] < 1e-5
     # the file alone rebuilds the compact model, with the accuracy the script measured
     from utils.training import evaluate
-    _, test, _ = load_dataset("mnist", data_dir, download=False)
-    assert evaluate(checkpoint.build_model(saved), test)["acc"] == result["after"]["top1_acc"]
+    _, test, _ = load_dataset("mnist", data_dir, download=False, verify=False)
+    assert evaluate(checkpoints.build_model(saved), test)["acc"] == result["after"]["top1_acc"]
 
 
 @pytest.mark.parametrize("extra,message", [
-    (["--cut_rate=1.0"], "--cut_rate must be in [0, 1)"),
+    (["--cut_rate=1.0"], "--cut_rate: must be a finite number in [0, 1)"),
     (["--cut_rate=0.5", "--fpgm_norm_rate=0.5"], "would remove all"),
     (["--fpgm_exclude=conv9"], "--fpgm_exclude names no layer"),
-    (["--fpgm_norm_rate=-0.1"], "--fpgm_norm_rate must be in"),
+    (["--fpgm_norm_rate=-0.1"], "--fpgm_norm_rate: must be a finite number in [0, 1)"),
+    (["--pruning_epochs=3"], "--pruning_epochs do not apply to --pruning_method=fpgm"),
+    (["--quality=1.0", "--prune_scope=layer"], "--prune_scope, --quality do not apply"),
 ])
 def test_pruning_script_bad_input_exits_2_and_writes_nothing(caffe_checkpoint, capsys, extra, message):
     name, ckpt_dir, data_dir = caffe_checkpoint

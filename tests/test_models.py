@@ -4,7 +4,7 @@ import torch
 import models
 from models.base import weight_layers
 from utils.errors import UserError
-from utils.flops import count_flops
+from utils.reporting.counting import count_flops
 
 MNIST, CIFAR = (1, 28, 28), (3, 32, 32)
 

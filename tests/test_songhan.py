@@ -16,10 +16,12 @@ from pruners.songhan import (MagnitudeUnstructured, SongHanPruner, adjusted_drop
                              magnitude_keys, magnitude_unstructured, schedule_sparsity,
                              smallest_k_masks)
 from tests.conftest import run_script
-from utils import checkpoint
+from utils import checkpoints
 from utils.data import Split
 from utils.errors import UserError
-from utils.sparse_linear import (AUTO_MAX_DENSITY, AUTO_MIN_BATCH, AUTO_MIN_WEIGHTS, SparseLinear,
+from utils.masks import current_masks, make_permanent
+from utils.training import TrainingSettings
+from pruners.sparse_linear import (AUTO_MAX_DENSITY, AUTO_MIN_BATCH, AUTO_MIN_WEIGHTS, SparseLinear,
                                  sparse_layers, sparsify_linear_layers)
 
 MNIST = (1, 28, 28)
@@ -112,7 +114,7 @@ def test_global_scope_cuts_the_whole_network_at_one_threshold():
     model = _two_scale_model()
     weights = {name: m.weight.detach().clone() for name, m in weight_layers(model)}
     total = sum(w.numel() for w in weights.values())
-    SongHanPruner(_args(cut_rate=0.6, prune_scope="global")).prune_step(model, 1)
+    SongHanPruner.from_args(_args(cut_rate=0.6, prune_scope="global")).prune_step(model, 1)
     pruned = {name: int((m.weight_mask == 0).sum()) for name, m in weight_layers(model)}
     assert sum(pruned.values()) == round(0.6 * total)
     assert pruned["fc2"] / weights["fc2"].numel() < pruned["fc1"] / weights["fc1"].numel()
@@ -123,7 +125,7 @@ def test_global_scope_cuts_the_whole_network_at_one_threshold():
 
 def test_layer_scope_cuts_every_layer_by_the_rate():
     model = _two_scale_model()
-    SongHanPruner(_args(cut_rate=0.6, prune_scope="layer")).prune_step(model, 1)
+    SongHanPruner.from_args(_args(cut_rate=0.6, prune_scope="layer")).prune_step(model, 1)
     for _, m in weight_layers(model):
         assert int((m.weight_mask == 0).sum()) == round(0.6 * m.weight_mask.numel())
         assert not hasattr(m, "bias_mask")
@@ -131,14 +133,14 @@ def test_layer_scope_cuts_every_layer_by_the_rate():
 
 def test_bias_flag_prunes_biases_too():
     model = _two_scale_model()
-    SongHanPruner(_args(cut_rate=0.5, prune_scope="layer", prune_bias=True)).prune_step(model, 1)
+    SongHanPruner.from_args(_args(cut_rate=0.5, prune_scope="layer", prune_bias=True)).prune_step(model, 1)
     for _, m in weight_layers(model):
         assert int((m.bias_mask == 0).sum()) == round(0.5 * m.bias.numel())
 
 
 def test_quality_prunes_below_q_times_the_layer_std():
     model = _two_scale_model()
-    pruner = SongHanPruner(_args(quality=1.0))
+    pruner = SongHanPruner.from_args(_args(quality=1.0))
     stds = {n: m.weight.detach().std().item() for n, m in weight_layers(model)}
     originals = {n: m.weight.detach().clone() for n, m in weight_layers(model)}
     pruner.prune(model, _NoRetrain())
@@ -172,12 +174,14 @@ class _NoRetrain:
         return []
 
 
-def test_iterative_rounds_follow_the_schedule_with_nested_masks_and_end_permanent():
+def test_iterative_rounds_follow_the_schedule_with_nested_masks_kept_for_the_checkpoint():
     model = _two_scale_model()
     total = sum(m.weight.numel() for _, m in weight_layers(model))
-    pruner = SongHanPruner(_args(cut_rate=0.9, pruning_epochs=3))
+    pruner = SongHanPruner.from_args(_args(cut_rate=0.9, pruning_epochs=3))
     context = _NoRetrain()
     result = pruner.prune(model, context)
+    assert set(current_masks(result)) == {"fc1.weight", "fc2.weight", "fc3.weight"}
+    make_permanent(result)
     targets = [round(s * total) for s in schedule_sparsity(0.9, 3)]
     assert [sum(int((m == 0).sum()) for m in masks.values()) for masks in context.seen] == targets
     for before, after in zip(context.seen, context.seen[1:]):  # pruned stays pruned
@@ -196,15 +200,16 @@ def test_iterative_rounds_follow_the_schedule_with_nested_masks_and_end_permanen
 def test_pruned_entries_stay_zero_after_real_optimizer_steps(optimizer):
     torch.manual_seed(0)
     model = models.create_model("lenet_300_100", MNIST, 10, widths=[16, 8])
-    SongHanPruner(_args(cut_rate=0.7)).prune_step(model, 1)
+    SongHanPruner.from_args(_args(cut_rate=0.7)).prune_step(model, 1)
     masks = {n: m.weight_mask.clone() for n, m in weight_layers(model)}
     originals = {n: m.weight_orig.detach().clone() for n, m in weight_layers(model)}
     data = Split(torch.randn(64, *MNIST), torch.randint(0, 10, (64,)))
     # Adam is the shared loop's fused Adam; SGD with momentum and weight decay, both of which
     # would push a zero weight away from zero if the mask were not applied in every forward.
-    context = PruneContext(train=data, test=data, epochs=2, batch_size=16, learning_rate=0.05,
-                           optimizer=optimizer, momentum=0.9, weight_decay=0.01,
-                           lr_schedule="constant", progress=False, print_fn=lambda *_: None)
+    settings = TrainingSettings(epochs=2, batch_size=16, learning_rate=0.05, optimizer=optimizer,
+                                momentum=0.9, weight_decay=0.01, lr_schedule="constant",
+                                progress=False)
+    context = PruneContext(train=data, test=data, settings=settings, print_fn=lambda *_: None)
     context.retrain(model)
     for name, m in weight_layers(model):
         assert not torch.equal(m.weight_orig, originals[name])  # training did move the weights
@@ -221,7 +226,7 @@ def test_dropout_rule_and_its_use_on_lenet_5():
     assert adjusted_dropout(0.4, 1000, 90) == pytest.approx(0.4 * math.sqrt(0.09))
     torch.manual_seed(0)
     model = models.create_model("lenet_5", MNIST, 10)
-    pruner = SongHanPruner(_args(cut_rate=0.8, prune_scope="layer"))
+    pruner = SongHanPruner.from_args(_args(cut_rate=0.8, prune_scope="layer"))
     pruner.prune(model, _NoRetrain())
     for layer, dropout in model.dropout_before.items():
         module = model.get_submodule(layer)
@@ -230,24 +235,24 @@ def test_dropout_rule_and_its_use_on_lenet_5():
         assert model.get_submodule(dropout).p == pytest.approx(expected)
         assert pruner.metadata()["dropout"][dropout] == pytest.approx(expected)
     plain = models.create_model("lenet_5", MNIST, 10)
-    SongHanPruner(_args(cut_rate=0.8, adjust_dropout=False)).prune(plain, _NoRetrain())
+    SongHanPruner.from_args(_args(cut_rate=0.8, adjust_dropout=False)).prune(plain, _NoRetrain())
     assert plain.drop1.p == 0.5 and plain.drop2.p == 0.5
 
 
 def test_bad_flags_are_user_errors_at_construction():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(UserError, match="--quality must be a positive number"):
-            SongHanPruner(_args(quality=bad))
+            SongHanPruner.from_args(_args(quality=bad))
     with pytest.raises(UserError, match=r"--cut_rate must be in \[0, 1\)"):
-        SongHanPruner(_args(cut_rate=1.0))
+        SongHanPruner.from_args(_args(cut_rate=1.0))
     assert isinstance(create_pruner("songhan", _args()), SongHanPruner)
 
 
 def _pruned_lenet(density: float, widths=(300, 100)) -> nn.Module:
     torch.manual_seed(0)
     model = models.create_model("lenet_300_100", MNIST, 10, widths=list(widths))
-    SongHanPruner(_args(cut_rate=1 - density, prune_scope="layer")).prune(model, _NoRetrain())
-    return model.eval()
+    SongHanPruner.from_args(_args(cut_rate=1 - density, prune_scope="layer")).prune(model, _NoRetrain())
+    return make_permanent(model).eval()
 
 
 @pytest.mark.parametrize("batch", [1, 3, AUTO_MIN_BATCH, 64])
@@ -282,13 +287,13 @@ def test_sparse_inference_modes_pick_layers_by_density():
 
 def test_sparse_checkpoint_round_trip_is_exact_and_small(tmp_path):
     model = _pruned_lenet(1 / 12)
-    dense_path = checkpoint.save_checkpoint(
-        checkpoint.make_checkpoint(model, "mnist", {}, {}), tmp_path / "dense.pt")
-    sparse_path = checkpoint.save_checkpoint(
-        checkpoint.make_checkpoint(model, "mnist", {}, {}, sparse=True, pruning={"method": "songhan"}),
+    dense_path = checkpoints.save_checkpoint(
+        checkpoints.make_checkpoint(model, "mnist", {}, {}), tmp_path / "dense.pt")
+    sparse_path = checkpoints.save_checkpoint(
+        checkpoints.make_checkpoint(model, "mnist", {}, {}, sparse=True, pruning={"method": "songhan"}),
         tmp_path / "sparse.pt")
     torch.load(sparse_path, weights_only=True)  # plain types only
-    loaded = checkpoint.load_checkpoint(str(sparse_path))
+    loaded = checkpoints.load_checkpoint(str(sparse_path))
     assert loaded["pruning"] == {"method": "songhan"}
     state = model.state_dict()
     assert loaded["state_dict"].keys() == state.keys()
@@ -308,14 +313,14 @@ def test_pruning_script_end_to_end(trained_checkpoint):
     code, result = run_script(pruning.main, [
         f"--load_folder_model={path.name}", "--pruning_method=songhan", "--cut_rate=0.75",
         "--pruning_epochs=2", "--epochs=1", "--batch_size=64", f"--data_dir={data_dir}",
-        f"--checkpoint_dir={ckpt_dir}", "--no_download", "--inference_sampling=2",
+        f"--checkpoint_dir={ckpt_dir}", "--no_download", "--no_verify_data", "--inference_sampling=2",
         "--inference_batch_size=32", "--sparse_inference=on", "--no_progress"])
     assert code == 0
     assert len(_listing(ckpt_dir)) == len(before) + 1
-    saved = checkpoint.load_checkpoint(result["path"])
+    saved = checkpoints.load_checkpoint(result["path"])
     assert saved["pruning"]["method"] == "songhan" and saved["pruning"]["pruning_rounds"] == 2
     assert saved["parent"] == path.name
-    model = checkpoint.build_model(saved)
+    model = checkpoints.build_model(saved)
     weights = sum(m.weight.numel() for _, m in weight_layers(model))
     zeros = sum(int((m.weight == 0).sum()) for _, m in weight_layers(model))
     assert zeros == round(0.75 * weights)
@@ -329,10 +334,10 @@ def test_pruning_script_prunes_a_conv_net_with_dropout(trained_checkpoint):
     code, result = run_script(pruning.main, [
         f"--load_folder_model={path}", "--pruning_method=songhan", "--cut_rate=0.5",
         "--prune_scope=layer", "--epochs=1", "--batch_size=128", f"--data_dir={data_dir}",
-        f"--checkpoint_dir={ckpt_dir}", "--no_download", "--inference_sampling=2",
+        f"--checkpoint_dir={ckpt_dir}", "--no_download", "--no_verify_data", "--inference_sampling=2",
         "--inference_batch_size=8", "--no_progress"])
     assert code == 0
-    saved = checkpoint.load_checkpoint(result["path"])
+    saved = checkpoints.load_checkpoint(result["path"])
     layers = saved["pruning"]["layers"]
     assert set(layers) == {"conv1.weight", "conv2.weight", "fc1.weight", "fc2.weight"}
     assert all(abs(v["sparsity"] - 0.5) < 0.01 for v in layers.values())
@@ -340,10 +345,14 @@ def test_pruning_script_prunes_a_conv_net_with_dropout(trained_checkpoint):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--quality=0"], "--quality must be a positive number"),
-    (["--quality=-2"], "--quality must be a positive number"),
-    (["--cut_rate=1"], "--cut_rate must be in"),
-    (["--cut_rate=-0.1"], "--cut_rate must be in"),
+    (["--quality=0"], "--quality: must be a finite number in (0, inf)"),
+    (["--quality=-2"], "--quality: must be a finite number in (0, inf)"),
+    (["--quality=nan"], "--quality: must be a finite number in (0, inf)"),
+    (["--quality=1", "--cut_rate=0.9"], "give either --cut_rate"),
+    (["--cut_rate=1"], "--cut_rate: must be a finite number in [0, 1)"),
+    (["--cut_rate=-0.1"], "--cut_rate: must be a finite number in [0, 1)"),
+    (["--fpgm_mode=fixed"], "--fpgm_mode do not apply to --pruning_method=songhan"),
+    (["--finetune_epochs=2"], "--finetune_epochs do not apply"),
     (["--model=lenet_5"], "holds lenet_300_100, but --model asks for lenet_5"),
     (["--load_folder_model=no_such_checkpoint"], "no checkpoint 'no_such_checkpoint'"),
     (["--load_folder_model="], "--load_folder_model is required"),
@@ -353,7 +362,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(trained_checkpoint, 
     before = _listing(ckpt_dir)
     argv = [f"--load_folder_model={path.name}", "--pruning_method=songhan", "--epochs=1",
             f"--data_dir={data_dir}", f"--checkpoint_dir={ckpt_dir}", "--no_download",
-            "--no_progress"] + flags
+            "--no_verify_data", "--no_progress"] + flags
     code, _ = run_script(pruning.main, argv)
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -7,7 +7,7 @@ import torch.nn as nn
 import models
 from utils.data import Split
 from utils.timing import compare_inference, time_inference
-from utils.training import (TrainingDiverged, evaluate, fit, make_optimizer, make_scheduler,
+from utils.training import (TrainingDiverged, TrainingSettings, evaluate, fit, make_optimizer, make_scheduler,
                             seed_everything, train_one_epoch)
 from utils.data import BatchLoader
 
@@ -23,9 +23,8 @@ def _toy_split(n=256, seed=0):
 def _train(seed):
     generator = seed_everything(seed)
     model = models.create_model("lenet_5", (1, 28, 28), 10)
-    optimizer = make_optimizer("adam", model.parameters(), 0.01)
-    history = fit(model, _toy_split(), _toy_split(128, 1), 3, 32, optimizer,
-                  make_scheduler("cosine", optimizer, 3), generator=generator, progress=False,
+    settings = TrainingSettings(epochs=3, batch_size=32, learning_rate=0.01, progress=False)
+    history = fit(model, _toy_split(), _toy_split(128, 1), settings, generator=generator,
                   print_fn=lambda *_: None)
     return model, history
 
@@ -42,9 +41,10 @@ def test_fit_learns_and_reports_each_epoch():
     lines = []
     generator = seed_everything(0)
     model = models.create_model("lenet_300_100", (1, 28, 28), 10)
-    optimizer = make_optimizer("sgd", model.parameters(), 0.05, momentum=0.9)
-    history = fit(model, _toy_split(), _toy_split(128, 1), 4, 32, optimizer, generator=generator,
-                  progress=False, print_fn=lines.append)
+    settings = TrainingSettings(epochs=4, batch_size=32, learning_rate=0.05, optimizer="sgd",
+                                lr_schedule="constant", momentum=0.9, progress=False)
+    history = fit(model, _toy_split(), _toy_split(128, 1), settings, generator=generator,
+                  print_fn=lines.append)
     assert len(history) == len(lines) == 4 and lines[0].startswith("epoch   1/4")
     assert history[-1]["test_acc"] > 0.9 and history[-1]["loss"] < history[0]["loss"]
 

@@ -1,14 +1,23 @@
-"""What the three scripts share on the command line: flag groups, device choice, and turning
-user errors into one line on stderr with exit code 2."""
+"""What the three scripts share on the command line: flag groups, their checks, the device and
+thread choices, and turning user errors into one line on stderr with exit code 2.
+
+Every numeric flag is checked where it is parsed (finite, in its domain), so a bad value is one
+line before anything is loaded or trained, not a traceback from deep inside torch."""
 import argparse
 import logging
+import math
 import sys
+from pathlib import Path
 
 import torch
 
 import models
 from utils import data, training
 from utils.errors import UserError
+from utils.files import check_writable_dir
+
+# torch.manual_seed takes any integer that fits 64 bits, unsigned.
+MAX_SEED = 2 ** 64 - 1
 
 
 def str2bool(text: str) -> bool:
@@ -21,25 +30,45 @@ def str2bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def _number(cast, text: str):
+    try:
+        return cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
-    return value
+def int_in(low: int, high: float = math.inf):
+    """An integer flag type accepting low <= value <= high."""
+    def parse(text: str) -> int:
+        value = _number(int, text)
+        if not low <= value <= high:
+            bound = f"from {low} to {high}" if high != math.inf else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be an integer {bound}, got {text}")
+        return value
+    return parse
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
+def float_in(low: float = -math.inf, high: float = math.inf, low_open: bool = False,
+             high_open: bool = False):
+    """A finite float flag type within [low, high]; ``*_open`` excludes that end."""
+    def parse(text: str) -> float:
+        value = _number(float, text)
+        above = value > low if low_open else value >= low
+        below = value < high if high_open else value <= high
+        if not (math.isfinite(value) and above and below):  # NaN fails every comparison
+            left = "(" if low_open else "["
+            right = ")" if high_open or high == math.inf else "]"
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number in {left}{low:g}, {high:g}{right}, got {text}")
+        return value
+    return parse
+
+
+positive_int = int_in(1)
+non_negative_int = int_in(0)
+positive_float = float_in(0.0, low_open=True)
+non_negative_float = float_in(0.0)
+fraction = float_in(0.0, 1.0, high_open=True)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -50,9 +79,23 @@ class OneLineErrorParser(argparse.ArgumentParser):
         raise UserError(f"{message}; see python {self.prog} --help")
 
 
-def new_parser(description: str) -> argparse.ArgumentParser:
-    return OneLineErrorParser(description=description,
-                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except where there is none to show (required flags, flags
+    whose absence means something the help text says)."""
+
+    def _get_help_string(self, action):
+        if action.required or action.default is None or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def describe(docstring: str) -> str:
+    """A script's --help description: the docstring's first paragraph, whole."""
+    return " ".join(docstring.strip().split("\n\n")[0].split())
+
+
+def new_parser(docstring: str) -> argparse.ArgumentParser:
+    return OneLineErrorParser(description=describe(docstring), formatter_class=HelpFormatter)
 
 
 def add_model_args(parser, from_checkpoint: bool = False):
@@ -71,7 +114,12 @@ def add_model_args(parser, from_checkpoint: bool = False):
     parser.add_argument("--data_dir", default="./data", help="where datasets live or are downloaded to")
     parser.add_argument("--no_download", action="store_true",
                         help="never try dataset hosts; use files in --data_dir or the offline copies")
-    parser.add_argument("--checkpoint_dir", default="checkpoints", help="where checkpoints are read and written")
+    parser.add_argument("--no_verify_data", action="store_true",
+                        help="use dataset files that differ from the official ones (your own data "
+                             "in the same format); by default they must match the official MD5s")
+    parser.add_argument("--checkpoint_dir", default="checkpoints",
+                        help="where checkpoints are written; a --load_folder_model name is looked "
+                             "up here and in checkpoints/")
     parser.add_argument("--load_folder_model", default=None,
                         help="checkpoint name in --checkpoint_dir (with or without .pt) or a path")
 
@@ -83,22 +131,49 @@ def add_training_args(parser, epochs: int, learning_rate, learning_rate_help="le
     group.add_argument("--learning_rate", type=positive_float, default=learning_rate,
                        help=learning_rate_help)
     group.add_argument("--optimizer", choices=training.OPTIMIZERS, default="adam", help="optimizer")
-    group.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    group.add_argument("--weight_decay", type=float, default=0.0, help="L2 weight decay")
+    group.add_argument("--momentum", type=float_in(0.0, 1.0, high_open=True), default=0.9,
+                       help="SGD momentum, in [0, 1)")
+    group.add_argument("--weight_decay", type=non_negative_float, default=0.0,
+                       help="L2 weight decay, zero or more")
     group.add_argument("--lr_schedule", choices=training.SCHEDULES, default="cosine",
                        help="learning-rate schedule, stepped per epoch")
-    group.add_argument("--seed", type=int, default=0, help="seed for initialisation, order and dropout")
+    group.add_argument("--seed", type=int_in(0, MAX_SEED), default=0,
+                       help="seed for initialisation, batch order, augmentation and dropout")
     group.add_argument("--no_progress", action="store_true", help="hide the per-epoch progress bars")
 
 
 def add_runtime_args(parser):
-    group = parser.add_argument_group("inference timing and device")
+    group = parser.add_argument_group("inference timing, device and threads")
     group.add_argument("--inference_batch_size", type=positive_int, default=256,
                        help="images per timed forward pass")
     group.add_argument("--inference_sampling", type=positive_int, default=100,
                        help="timed forward passes (after warm-up)")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                        help="auto takes CUDA when present")
+    add_threads_arg(group)
+
+
+def add_threads_arg(parser):
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads torch may use (default: torch's choice, one per core); "
+                             "on a shared machine fewer threads than cores give steadier timings")
+
+
+def apply_threads(threads) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def check_dirs(args, dataset: str, write_checkpoints: bool = True) -> None:
+    """Folders the run will write, checked before any work starts: --data_dir when the dataset's
+    files must still be put there, --checkpoint_dir when a checkpoint will be saved."""
+    data_dir = Path(args.data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise UserError(f"--data_dir={data_dir} is a file, not a folder; give a folder")
+    if not data.get_spec(dataset).is_present(data_dir):
+        check_writable_dir(data_dir, "--data_dir")
+    if write_checkpoints:
+        check_writable_dir(args.checkpoint_dir, "--checkpoint_dir")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -118,5 +193,5 @@ def run(main):
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted; nothing was saved", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         sys.exit(130)

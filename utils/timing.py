@@ -8,6 +8,8 @@ from typing import Dict, List
 
 import torch
 
+from utils.modes import eval_mode
+
 
 def _sync(device: torch.device):
     if device.type == "cuda":
@@ -16,18 +18,16 @@ def _sync(device: torch.device):
 
 @torch.inference_mode()
 def _timed_passes(model: torch.nn.Module, images: torch.Tensor, samples: int, warmup: int) -> List[float]:
-    was_training = model.training
-    model.eval()
-    for _ in range(warmup):
-        model(images)
-    _sync(images.device)
     times = []
-    for _ in range(samples):
-        start = time.perf_counter()
-        model(images)
+    with eval_mode(model):
+        for _ in range(warmup):
+            model(images)
         _sync(images.device)
-        times.append((time.perf_counter() - start) * 1000)
-    model.train(was_training)
+        for _ in range(samples):
+            start = time.perf_counter()
+            model(images)
+            _sync(images.device)
+            times.append((time.perf_counter() - start) * 1000)
     return times
 
 

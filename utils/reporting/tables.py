@@ -1,154 +1,12 @@
-"""Per-layer weights and FLOPs. FLOP = 2 x multiply-accumulate for one input image, the
-reference tables' convention, equal to what torch.utils.flop_counter.FlopCounterMode counts
-(biases, activations and pooling are not counted, as there)."""
-from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+"""The per-layer table calFLOP.py prints (and reproduce.py puts in the README): built as plain
+JSON-able data from the counts, then rendered as markdown, CSV or JSON."""
+from typing import Optional
 
 import torch
 import torch.nn as nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from models.base import weight_layers
-
-FLOP_CONVENTION = ("FLOP = 2 x multiply-accumulate for one input image (bias, activation and "
-                   "pooling not counted), as torch.utils.flop_counter.FlopCounterMode counts")
-
-
-@dataclass
-class LayerStats:
-    name: str
-    weights: int          # weights and biases, as the reference counts
-    nonzero: int          # nonzero weights and biases
-    macs: int             # multiply-accumulates for one image, dense
-    nonzero_macs: int     # multiply-accumulates with nonzero weights only
-    output_shape: tuple   # of one image
-
-    @property
-    def flops(self) -> int:
-        return 2 * self.macs
-
-    @property
-    def nonzero_flops(self) -> int:
-        return 2 * self.nonzero_macs
-
-
-def _uses_per_weight(module: nn.Module, output: torch.Tensor) -> int:
-    """How many times each weight is used for one image: once per output position."""
-    if isinstance(module, nn.Conv2d):
-        return output.shape[-1] * output.shape[-2]
-    return 1
-
-
-@torch.no_grad()
-def layer_stats(model: nn.Module, input_shape) -> List[LayerStats]:
-    """Stats of every conv and linear layer for one image of ``input_shape``, in forward order."""
-    layers = weight_layers(model)
-    outputs = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: outputs.__setitem__(name, out))
-             for name, m in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    stats = []
-    for name, module in layers:
-        out = outputs[name]
-        uses = _uses_per_weight(module, out)
-        weight = module.weight
-        params = [p for p in (module.weight, module.bias) if p is not None]
-        stats.append(LayerStats(
-            name=name,
-            weights=sum(p.numel() for p in params),
-            nonzero=sum(int(torch.count_nonzero(p)) for p in params),
-            macs=weight.numel() * uses,
-            nonzero_macs=int(torch.count_nonzero(weight)) * uses,
-            output_shape=tuple(out.shape[1:]),
-        ))
-    return stats
-
-
-def count_flops(model: nn.Module, input_shape) -> int:
-    """Dense FLOPs for one image, by torch's own FlopCounterMode."""
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=device))
-    finally:
-        model.train(was_training)
-    return counter.get_total_flops()
-
-
-# --- Han et al. 2015's sparse columns (their Tables 2 and 3) -----------------------------------
-#
-# Weights% = nonzero / all weights of a layer; Act% = share of nonzero activations at a layer's
-# output; FLOP% = Weights% of the layer x Act% of the previous layer's output, the input image
-# counted dense. A multiply by a zero weight or by a zero activation is skipped, and the rule
-# treats the two as independent; with it, every row of the paper's two tables comes out.
-
-DEFAULT_ACTIVATION_IMAGES = 1000
-_ACTIVATION_CHUNK = 256  # images per forward pass, so alexnet_imagenet at 224x224 stays in memory
-
-
-@torch.no_grad()
-def activation_density(model: nn.Module, images: torch.Tensor) -> Dict[str, float]:
-    """Share of nonzero activations at each conv/linear layer's output over ``images``.
-
-    A layer's output is taken where the next weight layer reads it: after the nonlinearity,
-    pooling and flattening in between (dropout is the identity in eval mode). That is the
-    activation whose zeros let the next layer skip multiplies, which is what FLOP% needs. The
-    last layer's output is its own (the logits)."""
-    layers = weight_layers(model)
-    if not layers:
-        return {}
-    names = [name for name, _ in layers]
-    nonzero = {name: 0 for name in names}
-    total = {name: 0 for name in names}
-
-    def count(name, tensor):
-        nonzero[name] += int(torch.count_nonzero(tensor))
-        total[name] += tensor.numel()
-
-    hooks = []
-    # The input of layer i+1 is the output of layer i: weight_layers is forward order and the
-    # models here are plain chains.
-    for (previous, _), (_, module) in zip(layers, layers[1:]):
-        hooks.append(module.register_forward_pre_hook(
-            lambda mod, inputs, name=previous: count(name, inputs[0])))
-    last_name, last = layers[-1]
-    hooks.append(last.register_forward_hook(lambda mod, inputs, out: count(last_name, out)))
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
-        for start in range(0, len(images), _ACTIVATION_CHUNK):
-            model(images[start:start + _ACTIVATION_CHUNK].to(device))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    return {name: nonzero[name] / total[name] if total[name] else 0.0 for name in names}
-
-
-def han_flop_fractions(weight_density: Sequence[float], act_density: Sequence[float]) -> List[float]:
-    """FLOP% of each layer: its weight density x the previous layer's activation density, the
-    first layer's input (the image) counted dense. Fractions in [0, 1], forward order."""
-    if len(weight_density) != len(act_density):
-        raise ValueError("one weight density and one activation density per layer")
-    previous = [1.0] + list(act_density[:-1])
-    return [w * a for w, a in zip(weight_density, previous)]
-
-
-def weighted_total(fractions: Sequence[float], flops: Sequence[int]) -> float:
-    """Whole-network FLOP%: each layer's fraction weighted by its dense FLOPs."""
-    dense = sum(flops)
-    return sum(f * n for f, n in zip(fractions, flops)) / dense if dense else 0.0
+from utils.reporting.counting import (FLOP_CONVENTION, activation_density, han_flop_fractions,
+                                      is_sparse, layer_stats, original_of, weighted_total)
 
 
 # --- The table calFLOP.py prints, as plain JSON-able data ------------------------------------
@@ -248,9 +106,23 @@ def table_columns(table: dict):
     return columns
 
 
+def markdown_table(headers, rows, align=None) -> str:
+    """A GitHub markdown table, cells padded so the source reads as a table too.
+    ``align``: "left" or "right" per column (numbers read best right-aligned)."""
+    align = align or ["left"] * len(headers)
+    cells = [[str(c) for c in headers]] + [[str(c) for c in row] for row in rows]
+    widths = [max(3, *(len(row[i]) for row in cells)) for i in range(len(headers))]
+
+    def line(row):
+        padded = [c.rjust(w) if a == "right" else c.ljust(w) for c, w, a in zip(row, widths, align)]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = ["-" * (w - 1) + ":" if a == "right" else "-" * w for w, a in zip(widths, align)]
+    return "\n".join([line(cells[0]), "| " + " | ".join(rule) + " |"] + [line(r) for r in cells[1:]])
+
+
 def render_markdown(table: dict) -> str:
     """The reference README's layout: a markdown table with a Total row, the convention under it."""
-    from utils.report import markdown_table
     columns = table_columns(table)
     rows = [[cell(row) for _, _, cell in columns] for row in table["layers"] + [table["total"]]]
     text = markdown_table([header for header, _, _ in columns], rows,
@@ -290,21 +162,6 @@ def render_json(table: dict) -> str:
 
 
 RENDERERS = {"markdown": render_markdown, "csv": render_csv, "json": render_json}
-
-
-def is_sparse(model: nn.Module) -> bool:
-    """Pruned weight by weight: some weight or bias is exactly zero. Trained dense weights are
-    never exactly zero in practice, and a fresh model's are continuous random draws."""
-    return any(bool((p == 0).any()) for p in model.parameters())
-
-
-def original_of(model: nn.Module) -> Optional[nn.Module]:
-    """The same class at its original widths when ``model`` is a compact (structurally pruned)
-    one, else None. Only the shapes matter here, so the weights stay as initialised."""
-    default = tuple(getattr(type(model), "default_widths", ()))
-    if not default or tuple(model.widths) == default:
-        return None
-    return type(model)(model.input_shape, model.num_classes)
 
 
 def model_table(model: nn.Module, images: Optional[torch.Tensor] = None) -> dict:

