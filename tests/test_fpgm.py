@@ -320,3 +320,19 @@ def test_speed_benchmark_runs_and_reports_ratios(trained_checkpoint):
     assert results["lenet_5_caffe"]["flop_ratio"] == pytest.approx(4_586_000 / 1_791_600)
     assert results["alexnet"]["flop_ratio"] > 2
     assert all(r["throughput_speedup"] > 0 and r["latency_speedup"] > 0 for r in results.values())
+
+
+def test_finetune_epochs_train_the_compact_model_and_the_report_counts_parameters(
+        caffe_checkpoint, capsys):
+    name, ckpt_dir, data_dir = caffe_checkpoint
+    code, result = run_script(pruning.main, pruning_argv(name, ckpt_dir, data_dir, "--cut_rate=0.4",
+                                                         "--finetune_epochs=1"))
+    assert code == 0
+    saved = checkpoints.load_checkpoint(result["path"])
+    assert saved["pruning"]["finetune_epochs"] == 1
+    assert saved["pruning"]["finetune_acc"] == result["after"]["top1_acc"]
+    out = capsys.readouterr().out
+    assert "fine-tuning the compact model for 1 epochs" in out
+    # a compact model is dense: the report says how many parameters are gone, not "sparsity"
+    reduction = 1 - result["after"]["parameters"] / result["before"]["parameters"]
+    assert f"({reduction:.1%} fewer" in out and "sparsity" not in out

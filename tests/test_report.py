@@ -1,16 +1,24 @@
-"""benchmarks/reproduce.py: the README's results section rendered from a fixed set of records,
-the marker replacement, the records file, and a quick run end to end on synthetic MNIST."""
+"""benchmarks/reproduce.py and the modules behind it: the README's results section rendered from
+a fixed set of records, the marker replacement, the records file, the permissions of what it
+writes, and a quick run end to end on synthetic MNIST."""
 import json
+import os
+import stat
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import models
 from benchmarks import reproduce
+from benchmarks.experiments import BY_ID, EXPERIMENTS, select
+from benchmarks.records import append_record, latest, load_records
+from benchmarks.results_plots import plot_weight_histogram
+from benchmarks.results_report import PLOT_FILES, render_report, replace_between_markers
 from tests.conftest import ROOT, run_script
 from utils.errors import UserError
-from utils.flops import flop_table, render_markdown
+from utils.reporting.tables import flop_table, render_markdown
 
 NA = "n/a"
 MACHINE = {"cpu": "AMD EPYC", "cores": 2, "torch_threads": 2, "platform": "Linux", "python": "3.12"}
@@ -122,7 +130,7 @@ EXPECTED_RESULTS = [
 
 
 def test_results_table_from_fixed_records():
-    text = reproduce.render_report(RECORDS)
+    text = render_report(RECORDS)
     header, rows = table_cells(text, "Experiment")
     assert header == ["Experiment", "Source", "Dataset", "Model", "Prune Method", "Top1 Acc",
                       "Parameters", "training time", "inference time", "Nonzero", "FLOPs",
@@ -133,14 +141,14 @@ def test_results_table_from_fixed_records():
 
 
 def test_kept_table_layer_tables_and_commands_from_fixed_records():
-    text = reproduce.render_report(RECORDS, plots=["results/accuracy_vs_weights_kept.png"])
+    text = render_report(RECORDS, plots=["results/accuracy_vs_weights_kept.png"])
     header, rows = table_cells(text, "Model")
     assert header == ["Model", "Weights kept", "Top1 Acc", "Prune Method"]
     assert rows == [["lenet_300_100", "100.0%", "98.38%", "none, 30 epochs"],
                     ["lenet_300_100", "8.1%", "98.31%", "songhan, cut 0.92, 4 rounds x 8 epochs"]]
-    latest = reproduce.latest(RECORDS)
+    found = latest(RECORDS)
     for experiment in ("baseline_lenet_300_100", "songhan_12x_lenet_300_100", "fpgm_40_lenet_5_caffe"):
-        assert render_markdown(latest[experiment]["layers"]).rstrip() in text
+        assert render_markdown(found[experiment]["layers"]).rstrip() in text
     total = next(line for line in text.splitlines() if line.startswith("| Total ") and "12.3x" in line)
     assert [c.strip() for c in total.strip("|").split("|")] == \
         ["Total", "266,610", "532,400", "21,706", "266,200", "8.1% (12.3x)", "", "7.0%"]
@@ -153,8 +161,8 @@ def test_kept_table_layer_tables_and_commands_from_fixed_records():
 
 def test_quick_records_are_flagged_and_no_records_renders_placeholders():
     quick = [dict(r, quick=True) for r in RECORDS]
-    assert reproduce.render_report(quick).startswith("**Quick smoke run")
-    _, rows = table_cells(reproduce.render_report([]), "Experiment")
+    assert render_report(quick).startswith("**Quick smoke run")
+    _, rows = table_cells(render_report([]), "Experiment")
     assert [r[4] for r in rows if r[1] == "ours"] == ["not run yet"] * 8
 
 
@@ -164,17 +172,17 @@ README = "# Title\n\nintro\n<!-- results:begin -->\nold table\n<!-- results:end 
 
 
 def test_replace_between_markers_keeps_everything_outside():
-    once = reproduce.replace_between_markers(README, "new\ntable\n")
+    once = replace_between_markers(README, "new\ntable\n")
     assert once == ("# Title\n\nintro\n<!-- results:begin -->\nnew\ntable\n"
                     "<!-- results:end -->\n\n## After\n")
-    assert reproduce.replace_between_markers(once, "new\ntable\n") == once
+    assert replace_between_markers(once, "new\ntable\n") == once
 
 
 @pytest.mark.parametrize("text", ["no markers", "<!-- results:end -->\n<!-- results:begin -->",
                                   README + README])
 def test_bad_markers_are_a_user_error(text):
     with pytest.raises(UserError, match="results:"):
-        reproduce.replace_between_markers(text, "x")
+        replace_between_markers(text, "x")
 
 
 @pytest.fixture
@@ -194,7 +202,7 @@ def test_report_rewrites_the_readme_between_markers(tmp_path, records_file):
     assert text.startswith("# Title\n\nintro\n<!-- results:begin -->\n")
     assert text.endswith("<!-- results:end -->\n\n## After\n")
     assert "old table" not in text
-    assert reproduce.render_report(RECORDS, source=str(records_file)).rstrip() in text
+    assert render_report(RECORDS, source=str(records_file)).rstrip() in text
     run_script(reproduce.main, argv)
     assert readme.read_text() == text  # idempotent
 
@@ -220,32 +228,83 @@ def test_readme_without_markers_exits_2(tmp_path, records_file, capsys):
     assert readme.read_text() == "# no markers here\n"
 
 
+@pytest.fixture
+def umask_027():
+    """A umask under which the usual permissions (0o640) differ from mkstemp's private 0o600."""
+    previous = os.umask(0o027)
+    try:
+        yield 0o027
+    finally:
+        os.umask(previous)
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_written_files_have_the_usual_umask_permissions(tmp_path, records_file, umask_027):
+    expected = 0o666 & ~umask_027
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    os.chmod(readme, 0o644)  # rewritten in place: the new file takes the umask's, not the old's
+    common = [f"--records={records_file}", f"--plots_dir={tmp_path}"]
+    assert run_script(reproduce.main, ["report", *common, f"--readme={readme}"])[0] == 0
+    target = tmp_path / "sub" / "report.md"
+    assert run_script(reproduce.main, ["report", *common, f"--output={target}"])[0] == 0
+    records = tmp_path / "new" / "runs.jsonl"
+    append_record(records, RECORDS[0])
+    append_record(records, RECORDS[1])
+    assert [r["experiment"] for r in load_records(records)] == ["baseline_lenet_300_100"] * 2
+    for path in (readme, target, records):
+        assert mode(path) == expected, path
+    assert not [p.name for p in tmp_path.rglob(".*.tmp")]  # no temporary file left behind
+
+    pytest.importorskip("matplotlib")
+    assert run_script(reproduce.main, ["plots", *common])[0] == 0
+    weights = torch.randn(30, 40, generator=torch.Generator().manual_seed(0))
+    histogram = tmp_path / "plots" / "histogram.png"
+    plot_weight_histogram(weights, weights * (weights.abs() > 1), "fc1", "title", histogram)
+    for path in (tmp_path / "accuracy_vs_weights_kept.png", histogram):
+        assert path.read_bytes()[:4] == b"\x89PNG" and mode(path) == expected
+
+
+def test_help_describes_the_script_in_whole_sentences(capsys):
+    description = reproduce.get_args_parser().description
+    assert description == " ".join(reproduce.__doc__.split("\n\n")[0].split())
+    assert description.endswith("from those records alone.")
+    assert run_script(reproduce.main, ["--list"])[0] == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed[:-1]] == [e.id for e in EXPERIMENTS]
+    assert listed[-1].startswith("training epochs in all: lenet_300_100 ")
+
+
 def test_bad_records_and_names_are_user_errors(tmp_path):
     bad = tmp_path / "runs.jsonl"
     bad.write_text(json.dumps(RECORDS[0]) + "\n{not json\n")
     with pytest.raises(UserError, match="line 2 is not JSON"):
-        reproduce.load_records(bad)
+        load_records(bad)
     with pytest.raises(UserError, match="no records at"):
-        reproduce.load_records(tmp_path / "missing.jsonl")
+        load_records(tmp_path / "missing.jsonl")
     with pytest.raises(UserError, match="unknown experiment 'lenet_9'"):
-        reproduce.select(["lenet_9"])
-    assert [e.id for e in reproduce.select(["fpgm", "baseline_lenet_5"])] == \
+        select(["lenet_9"])
+    assert [e.id for e in select(["fpgm", "baseline_lenet_5"])] == \
         ["baseline_lenet_5", "fpgm_40_lenet_5_caffe"]
 
 
 def test_every_pruning_experiment_names_a_baseline_that_runs_before_it():
-    order = [e.id for e in reproduce.EXPERIMENTS]
-    for experiment in reproduce.EXPERIMENTS:
+    order = [e.id for e in EXPERIMENTS]
+    for experiment in EXPERIMENTS:
         if experiment.script == "pruning":
             assert order.index(experiment.parent) < order.index(experiment.id)
-            assert reproduce.BY_ID[experiment.parent].model == experiment.model
+            assert BY_ID[experiment.parent].model == experiment.model
 
 
 # --- running, end to end on synthetic MNIST --------------------------------------------------
 
 def test_quick_run_records_baseline_and_songhan(tmp_path, mnist_dir, capsys):
     records = tmp_path / "runs.jsonl"
-    common = [f"--records={records}", f"--data_dir={mnist_dir}", f"--checkpoint_dir={tmp_path / 'ckpt'}"]
+    common = [f"--records={records}", f"--data_dir={mnist_dir}", f"--checkpoint_dir={tmp_path / 'ckpt'}",
+              "--no_verify_data"]
     code, _ = run_script(reproduce.main, ["run", "--quick", "--only", "songhan_50_lenet_300_100",
                                           *common])
     assert code == 2 and "run --only baseline_lenet_300_100" in capsys.readouterr().err
@@ -253,7 +312,7 @@ def test_quick_run_records_baseline_and_songhan(tmp_path, mnist_dir, capsys):
     code, _ = run_script(reproduce.main, ["run", "--quick", "--only", "baseline_lenet_300_100",
                                           "songhan_50_lenet_300_100", *common])
     assert code == 0
-    baseline, pruned = reproduce.load_records(records)
+    baseline, pruned = load_records(records)
     assert baseline["experiment"] == "baseline_lenet_300_100" and baseline["quick"] is True
     assert baseline["flags"]["epochs"] == 1 and baseline["method"] is None
     assert baseline["parameters"] == baseline["nonzero"] == 266_610
@@ -278,7 +337,7 @@ def test_quick_run_records_baseline_and_songhan(tmp_path, mnist_dir, capsys):
     code, _ = run_script(reproduce.main, ["plots", f"--records={records}", f"--plots_dir={tmp_path}",
                                           "--hist_experiment=songhan_50_lenet_300_100"])
     assert code == 0
-    for name in reproduce.PLOT_FILES:
+    for name in PLOT_FILES:
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
 
 

@@ -115,3 +115,12 @@ def test_compare_inference_times_each_model_for_all_samples_in_rounds():
             runs.append(name)
     assert runs == ["a", "b", "a", "b", "a", "b"]
     assert calls.count("a") == calls.count("b") == 10 + 3
+
+
+def test_a_contended_timing_says_so():
+    from utils.reporting.console import format_timing
+    calm = {"median_ms": 1.0, "mean_ms": 1.1, "p95_ms": 1.4, "var_ms2": 0.01, "batch_size": 8,
+            "samples": 20}
+    assert "contended" not in format_timing(calm)
+    busy = dict(calm, p95_ms=40.0)
+    assert "contended: p95 is 40.0x the median" in format_timing(busy)

@@ -95,7 +95,9 @@ def describe(docstring: str) -> str:
 
 
 def new_parser(docstring: str) -> argparse.ArgumentParser:
-    return OneLineErrorParser(description=describe(docstring), formatter_class=HelpFormatter)
+    # allow_abbrev=False: an abbreviation that works today turns ambiguous when a flag is added.
+    return OneLineErrorParser(description=describe(docstring), formatter_class=HelpFormatter,
+                              allow_abbrev=False)
 
 
 def add_model_args(parser, from_checkpoint: bool = False):

@@ -1,0 +1,165 @@
+"""Running the experiments: each script's main() called in this process with the experiment's
+flags plus the common ones, its checkpoint measured, and one record appended per run."""
+import contextlib
+import os
+import platform
+import shlex
+import subprocess
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Optional
+
+from benchmarks.experiments import INFERENCE_BATCH, Experiment, select
+from benchmarks.records import ROOT, append_record, latest, load_records, relative
+from utils.errors import UserError
+
+ACT_IMAGES = 1000            # test images over which Act% of a pruned model is measured
+
+
+def machine() -> dict:
+    """What the timings were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "python": platform.python_version()}
+
+
+def git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def experiment_argv(experiment: Experiment, quick: bool, data_dir: Path, checkpoint_dir: Path,
+                    parent_path: Optional[str], verify_data: bool = True) -> List[str]:
+    argv = list(experiment.quick if quick else experiment.flags)
+    if experiment.script == "baseline":
+        argv = [f"--model={experiment.model}"] + argv
+    else:
+        argv = [f"--load_folder_model={parent_path}"] + argv
+    return argv + [f"--data_dir={relative(data_dir)}", f"--checkpoint_dir={relative(checkpoint_dir)}",
+                   "--seed=0", f"--inference_batch_size={INFERENCE_BATCH}",
+                   f"--inference_sampling={10 if quick else 100}", "--device=cpu",
+                   "--no_download", "--no_progress"] + ([] if verify_data else ["--no_verify_data"])
+
+
+def run_experiment(experiment: Experiment, argv: List[str], quick: bool, test_images) -> dict:
+    """Run one script's main() in this process and turn what it returns into a record."""
+    import baseline
+    import pruning
+    from utils.checkpoints import build_model, load_checkpoint
+    from utils.reporting.tables import model_table
+
+    script = {"baseline": baseline, "pruning": pruning}[experiment.script]
+    print(f"\n=== {experiment.id}: python {experiment.script}.py {shlex.join(argv)}", flush=True)
+    started = datetime.now(timezone.utc)
+    wall = time.perf_counter()
+    result = script.main(argv)
+    wall = time.perf_counter() - wall
+
+    loaded = load_checkpoint(result["path"])
+    model = build_model(loaded)
+    table = model_table(model, test_images)
+    record = {
+        "experiment": experiment.id,
+        "quick": quick,
+        "command": f"python {experiment.script}.py {shlex.join(argv)}",
+        "script": f"{experiment.script}.py",
+        "argv": argv,
+        "flags": loaded["flags"],
+        "model": loaded["config"]["model"],
+        "widths": loaded["config"]["widths"],
+        "dataset": loaded["dataset"],
+        "method": (loaded.get("pruning") or {}).get("method"),
+        "pruning": loaded.get("pruning"),
+        "checkpoint": relative(loaded["path"]),
+        "checkpoint_bytes": os.path.getsize(loaded["path"]),
+        "parent": loaded.get("parent"),
+        "parameters": table["total"]["weights"],
+        "nonzero": table["total"]["nonzero"],
+        "flops": table["total"]["flops"],
+        "nonzero_flops": table["total"]["nonzero_flops"],
+        "layers": table,
+        "wall_seconds": wall,
+        "machine": machine(),
+        "torch_version": loaded.get("torch_version"),
+        "git": git_commit(),
+        "date": started.isoformat(timespec="seconds"),
+    }
+    if experiment.script == "baseline":
+        record.update(top1_acc=result["top1_acc"], train_seconds=result["train_seconds"],
+                      inference=result["inference"])
+    else:  # pruning.py times the parent and the pruned model in the same process
+        before, after = result["before"], result["after"]
+        record.update(top1_acc=after["top1_acc"], train_seconds=result["train_seconds"],
+                      inference=after["throughput"], latency=after["latency"],
+                      parent_top1_acc=before["top1_acc"], parent_parameters=before["parameters"],
+                      parent_flops=before["flops"], parent_inference=before["throughput"],
+                      parent_latency=before["latency"], parent_checkpoint_bytes=result["sizes"]["before"],
+                      speedup=before["throughput"]["median_ms"] / after["throughput"]["median_ms"])
+    return record
+
+
+@contextlib.contextmanager
+def working_directory(path: Path):
+    """The scripts read their path flags relative to the working directory, and the recorded
+    commands are meant to be pasted at the repository root: run them from there."""
+    previous = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def run(args):
+    import pruners
+    import torch
+    from utils.data import load_dataset
+
+    chosen = select(args.only)
+    missing = sorted({flag.split("=", 1)[1] for e in chosen for flag in e.flags
+                      if flag.startswith("--pruning_method=")} - set(pruners.pruner_names()))
+    if missing:
+        raise UserError(f"pruning method(s) {', '.join(missing)} not available in this checkout; "
+                        "run --only baselines, or wait for them to land")
+    records_path = Path(args.records)
+    known = latest(load_records(records_path)) if records_path.is_file() else {}
+    _, test, _ = load_dataset("mnist", args.data_dir, download=False, verify=not args.no_verify_data)
+    test_images = test.images[:ACT_IMAGES]
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+
+    print(f"{len(chosen)} experiments -> {relative(records_path)}"
+          f"{' (quick smoke run)' if args.quick else ''}")
+    with working_directory(ROOT):
+        run_all(chosen, args, records_path, known, test_images)
+
+
+def run_all(chosen, args, records_path, known, test_images):
+    for experiment in chosen:
+        parent_path = None
+        if experiment.parent:
+            parent = known.get(experiment.parent)
+            if parent is None or not (ROOT / parent["checkpoint"]).is_file():
+                raise UserError(f"{experiment.id} prunes {experiment.parent}'s checkpoint, which "
+                                f"{relative(records_path)} does not hold; run --only {experiment.parent}")
+            parent_path = parent["checkpoint"]
+        argv = experiment_argv(experiment, args.quick, Path(args.data_dir), Path(args.checkpoint_dir),
+                               parent_path, verify_data=not args.no_verify_data)
+        record = run_experiment(experiment, argv, args.quick, test_images)
+        append_record(records_path, record)
+        known[experiment.id] = record
+        print(f"recorded {experiment.id}: top-1 {record['top1_acc']:.2%}, "
+              f"{record['wall_seconds']:.0f} s", flush=True)
+
