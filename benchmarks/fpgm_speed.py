@@ -69,7 +69,7 @@ def prune_untrained(model, cut_rate: float):
     """FPGM's selection on the current weights, zeroed, then removed: the compact model."""
     masked = copy.deepcopy(model)
     pruner = create_pruner("fpgm", cut_rate=cut_rate)
-    pruner.soft_step(pruner.prunable_layers(masked), epoch=0)
+    pruner.soft_step(masked, pruner.prunable_groups(masked), epoch=0)
     selection = {name: index.tolist() for name, index in pruner.selection.items()}
     return compact_model(masked, selection), masked
 

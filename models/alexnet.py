@@ -3,6 +3,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import register_model
+from models.adapters import ImageAdapter
 from models.base import PrunableNet, flat_size
 from utils.errors import UserError
 
@@ -57,6 +58,7 @@ class AlexNetImageNet(PrunableNet):
     def __init__(self, input_shape, num_classes, widths=None, pretrained=False):
         super().__init__(input_shape, num_classes, widths)
         c1, c2, c3, c4, c5, h1, h2 = self.widths
+        self.adapter = ImageAdapter(channels=3, size=self.image_size)
         self.features = nn.Sequential(
             nn.Conv2d(3, c1, 11, stride=4, padding=2), nn.ReLU(inplace=True),
             nn.MaxPool2d(3, 2),
@@ -90,10 +92,5 @@ class AlexNetImageNet(PrunableNet):
         self.load_state_dict(state, strict=False)
 
     def forward(self, x):
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              align_corners=False)
-        x = self.avgpool(self.features(x)).flatten(1)
+        x = self.avgpool(self.features(self.adapter(x))).flatten(1)
         return self.classifier(x)

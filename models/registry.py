@@ -34,8 +34,10 @@ def model_class(name: str):
 
 def create_model(name: str, input_shape: Tuple[int, int, int], num_classes: int,
                  widths: Optional[Sequence[int]] = None, **kwargs) -> nn.Module:
+    """``kwargs``: the builder's own arguments (``pretrained``) and its architecture options."""
     builder = model_class(name)
-    unknown = set(kwargs) - set(inspect.signature(builder).parameters)
+    accepted = set(inspect.signature(builder).parameters) | set(getattr(builder, "architecture_options", {}))
+    unknown = set(kwargs) - accepted
     if unknown:
         raise UserError(f"{name} does not take {', '.join(sorted(unknown))}")
     return builder(tuple(input_shape), num_classes, widths=widths, **kwargs)

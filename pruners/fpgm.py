@@ -13,15 +13,17 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.utils.prune as torch_prune
 
 from models.base import weight_layers
-from models.compact import compact_model
+from models.compact import (channel_masks, compact_model, graph_of, group_vectors, pruned_sets,
+                            zero_channels)
+from models.graph import DependencyGraph, Group
 from pruners import register_pruner
 from pruners.base import DEFAULT_CUT_RATE, Pruner, PruneContext, check_rate
 from utils import cli
 from utils.errors import UserError
-from utils.masks import masked_tensors
+from utils.masks import apply_masks, make_permanent, masked_tensors
+from utils.reporting.counting import LayerStats, layer_stats
 from utils.modes import eval_mode
 
 # floor(N x rate) in floating point can land just under an integer (0.29 x 100 =
@@ -108,6 +110,27 @@ class GeometricMedianFilters:
         return mask
 
 
+# ---- what the paper's counting claims -----------------------------------------------------
+
+def paper_counted_flops(graph: DependencyGraph, stats: List[LayerStats], rate: float) -> int:
+    """The FLOPs the FPGM paper's counting reports for pruning every conv layer at ``rate``:
+    each conv's FLOPs x (1 - rate) for its pruned filters, x (1 - rate) again when its input
+    comes straight from a pruned conv's output (not through a residual add); linear layers dense.
+    In a basic block that is the first conv at (1 - r) and the second at (1 - r)^2, as the
+    official CIFAR code counts, although the residual stream the block adds into keeps its width
+    and so must the second conv's outputs: the compact model's FLOPs are what is real."""
+    reads = {u.layer: u for u in graph.uses if not u.writes and u.dim == 1}
+    total = 0.0
+    for layer in stats:
+        if len(layer.output_shape) != 3:  # a linear layer: the paper prunes convolutions only
+            total += layer.flops
+            continue
+        source = graph.group_of.get(reads[layer.name].sets[0])
+        squared = source is not None and not source.fixed and not source.residual
+        total += layer.flops * (1 - rate) * ((1 - rate) if squared else 1)
+    return int(round(total))
+
+
 # ---- the pruner ------------------------------------------------------------------------------
 
 def _names(values: Optional[List[str]]) -> List[str]:
@@ -137,6 +160,11 @@ class FPGMPruner(Pruner):
         group.add_argument("--fpgm_exclude", action="append", default=None, metavar="LAYER[,LAYER]",
                            help="layer names never pruned (repeatable or comma-separated), "
                                 "e.g. conv1; the classifier is never pruned")
+        group.add_argument("--prune_residual", type=cli.str2bool, default=False,
+                           help="also prune the residual streams of networks with shortcuts (each "
+                                "stage's stream as one group, in every layer that reads or writes "
+                                "it); by default only channels inside blocks are pruned, which "
+                                "leaves the streams as they are")
         group.add_argument("--finetune_epochs", type=cli.non_negative_int, default=0,
                            help="epochs of training of the compact model after the filters are "
                                 "removed. Soft mode ends on a fresh zeroing that no epoch has "
@@ -148,17 +176,19 @@ class FPGMPruner(Pruner):
     def from_args(cls, args) -> "FPGMPruner":
         return cls(cut_rate=args.cut_rate, distance=args.fpgm_distance,
                    norm_rate=args.fpgm_norm_rate, mode=args.fpgm_mode,
-                   exclude=_names(args.fpgm_exclude), finetune_epochs=args.finetune_epochs)
+                   exclude=_names(args.fpgm_exclude), finetune_epochs=args.finetune_epochs,
+                   prune_residual=args.prune_residual)
 
     def __init__(self, cut_rate: float = DEFAULT_CUT_RATE, distance: str = "l2",
                  norm_rate: float = 0.0, mode: str = "soft", exclude: Sequence[str] = (),
-                 finetune_epochs: int = 0):
+                 finetune_epochs: int = 0, prune_residual: bool = False):
         super().__init__(cut_rate)
         self.rate = self.cut_rate
         self.norm_rate = check_rate("--fpgm_norm_rate", norm_rate)
         self.mode = mode
         self.exclude = list(exclude)
         self.finetune_epochs = int(finetune_epochs)
+        self.prune_residual = bool(prune_residual)
         if self.mode not in MODES:
             raise UserError(f"--fpgm_mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.finetune_epochs < 0:
@@ -170,60 +200,64 @@ class FPGMPruner(Pruner):
         self.original_widths: Optional[list] = None
         self.widths: Optional[list] = None
         self.compact_difference: Optional[float] = None
+        self.graph: Optional[DependencyGraph] = None
+        self.flops: Optional[dict] = None
 
     def check_model(self, model: nn.Module) -> None:
         if any(True for _ in masked_tensors(model)):
             raise UserError("this checkpoint is magnitude-pruned (it carries weight masks); fpgm "
                             "removes whole filters of a dense model: prune the dense checkpoint "
                             "it came from")
-        self.prunable_layers(model)
+        self.prunable_groups(model)
 
-    # -- which layers, how many ------------------------------------------------------------
+    # -- which groups, how many ------------------------------------------------------------
 
-    def prunable_layers(self, model: nn.Module) -> Dict[str, nn.Module]:
-        """Every conv and hidden linear layer not excluded; checks the flags against the model
-        (unknown names, a layer emptied), so it runs before any training."""
-        layers = weight_layers(model)
-        hidden = dict(layers[:-1])
-        names = [name for name, _ in layers]
+    def prunable_groups(self, model: nn.Module) -> List[Group]:
+        """The channel groups this run prunes (every group that is neither the input's, the
+        output's, nor, without --prune_residual, a residual stream; none written by an excluded
+        layer). Checks the flags against the model (unknown names, a group emptied, operations
+        the graph does not know), so it runs before any training."""
+        self.graph = graph_of(model)
+        names = [name for name, _ in weight_layers(model)]
         unknown = [n for n in self.exclude if n not in names]
         if unknown:
             raise UserError(f"--fpgm_exclude names no layer of {type(model).__name__}: "
                             f"{', '.join(unknown)}; its layers are {', '.join(names)}")
-        chosen = {name: layer for name, layer in hidden.items() if name not in self.exclude}
-        for name, layer in chosen.items():
-            filters = layer.weight.shape[0]
-            by_norm, by_distance = self.criterion.counts(filters)
-            if by_norm + by_distance >= filters:
+        groups = [g for g in self.graph.prunable(residual=self.prune_residual)
+                  if not set(g.writers) & set(self.exclude)]
+        for group in groups:
+            by_norm, by_distance = self.criterion.counts(len(group))
+            if by_norm + by_distance >= len(group):
                 raise UserError(
                     f"--cut_rate={self.rate} with --fpgm_norm_rate={self.norm_rate} would remove "
-                    f"all {filters} filters of {name} ({by_norm} by norm + {by_distance} by "
-                    "distance); lower the rates or --fpgm_exclude it")
-        return chosen
+                    f"all {len(group)} filters of {group.name} ({by_norm} by norm + {by_distance} "
+                    "by distance); lower the rates or --fpgm_exclude it")
+        return groups
 
-    def select(self, layers: Dict[str, nn.Module]) -> Dict[str, torch.Tensor]:
-        return {name: self.criterion.select(layer.weight) for name, layer in layers.items()}
+    def select(self, model: nn.Module, groups: List[Group]) -> Dict[str, torch.Tensor]:
+        """Per group, the positions of the channels to prune, judged on the filters of every
+        layer that writes them together (see models/compact.group_vectors)."""
+        return {g.name: self.criterion.select(group_vectors(model, self.graph, g)) for g in groups}
+
+    def _sets(self, selection: Dict[str, torch.Tensor]):
+        return pruned_sets(self.graph, {name: index.tolist() for name, index in selection.items()})
 
     # -- soft mode -------------------------------------------------------------------------
 
-    @staticmethod
-    @torch.no_grad()
-    def _zero(layers: Dict[str, nn.Module], selection: Dict[str, torch.Tensor]):
-        for name, index in selection.items():
-            layers[name].weight[index.to(layers[name].weight.device)] = 0
-            if layers[name].bias is not None:
-                layers[name].bias[index.to(layers[name].bias.device)] = 0
-
-    def soft_step(self, layers: Dict[str, nn.Module], epoch: int, print_fn=None) -> dict:
-        """Reselect from the current weights and zero the selection. Records how many filters
-        zeroed last time have grown back and how many of them left the selection."""
-        new = self.select(layers)
+    def soft_step(self, model: nn.Module, groups: List[Group], epoch: int, print_fn=None) -> dict:
+        """Reselect from the current weights and zero the selection (BatchNorm's scale and
+        shift too). Records how many filters zeroed last time have grown back and how many of
+        them left the selection."""
+        new = self.select(model, groups)
         regrown = left = 0
-        for name, old in self.selection.items():
-            weight = layers[name].weight.detach().flatten(1)
-            regrown += int((weight[old.to(weight.device)].abs().sum(dim=1) > 0).sum())
-            left += len(set(old.tolist()) - set(new[name].tolist()))
-        self._zero(layers, new)
+        for group in groups:
+            old = self.selection.get(group.name)
+            if old is None:
+                continue
+            vectors = group_vectors(model, self.graph, group)
+            regrown += int((vectors[old.to(vectors.device)].abs().sum(dim=1) > 0).sum())
+            left += len(set(old.tolist()) - set(new[group.name].tolist()))
+        zero_channels(model, self.graph, self._sets(new))
         self.selection = new
         entry = {"epoch": epoch, "zeroed": sum(len(v) for v in new.values()),
                  "regrown": regrown, "left": left}
@@ -233,58 +267,45 @@ class FPGMPruner(Pruner):
                      f"selection {regrown} had grown back and {left} left it")
         return entry
 
-    # -- fixed mode ------------------------------------------------------------------------
-
-    def _mask_fixed(self, layers: Dict[str, nn.Module]):
-        """torch.nn.utils.prune masks: the forward uses weight_orig x mask, so the pruned
-        filters' gradients are masked and they stay exactly zero through every step."""
-        for name, layer in layers.items():
-            index = self.selection[name]
-            keep = torch.ones(layer.weight.shape[0], dtype=layer.weight.dtype,
-                              device=layer.weight.device)
-            keep[index.to(keep.device)] = 0
-            torch_prune.custom_from_mask(
-                layer, "weight", keep.view(-1, *([1] * (layer.weight.dim() - 1))).expand_as(layer.weight))
-            if layer.bias is not None:
-                torch_prune.custom_from_mask(layer, "bias", keep)
-
-    @staticmethod
-    def _unmask(layers: Dict[str, nn.Module]):
-        for layer in layers.values():
-            for tensor in ("weight", "bias"):
-                if hasattr(layer, f"{tensor}_mask"):
-                    torch_prune.remove(layer, tensor)
-
     # -- the method ------------------------------------------------------------------------
 
     def train_masked(self, model: nn.Module, context: PruneContext) -> Dict[str, torch.Tensor]:
         """Soft- or fixed-prune ``model`` in place while retraining; returns the final selection
-        (its filters are zero in ``model``)."""
-        layers = self.prunable_layers(model)
+        (its channels are zero in ``model``)."""
+        groups = self.prunable_groups(model)
         self.selection, self.epoch_log = {}, []
         print_fn = context.print_fn
         if self.mode == "fixed":
-            self.selection = self.select(layers)
-            self._zero(layers, self.selection)
-            self._mask_fixed(layers)
+            # torch.nn.utils.prune masks: the forward uses weight_orig x mask, so the pruned
+            # channels' gradients are masked and they stay exactly zero through every step.
+            self.selection = self.select(model, groups)
+            sets = self._sets(self.selection)
+            zero_channels(model, self.graph, sets)
+            apply_masks(model, channel_masks(model, self.graph, sets))
             try:
                 context.retrain(model)
             finally:
-                self._unmask(layers)
+                make_permanent(model)
         else:
             # The paper's schedule: train an epoch, then select and zero; no zeroing before the
             # first epoch, so the optimizer holds state for every filter when it starts.
-            context.retrain(model, on_epoch_end=lambda epoch: self.soft_step(layers, epoch, print_fn))
+            context.retrain(model, on_epoch_end=lambda epoch: self.soft_step(model, groups, epoch,
+                                                                              print_fn))
             if not self.epoch_log:  # --epochs=0: prune the trained weights once
-                self.soft_step(layers, 0, print_fn)
+                self.soft_step(model, groups, 0, print_fn)
         return self.selection
 
     def prune(self, model: nn.Module, context: PruneContext) -> nn.Module:
         self.check_model(model)
         self.original_widths = list(model.widths)
+        dense_flops = layer_stats(model, model.input_shape)
         selection = self.train_masked(model, context)
-        small = compact_model(model, {name: index.tolist() for name, index in selection.items()})
+        small = compact_model(model, {name: index.tolist() for name, index in selection.items()},
+                              self.graph)
         self.widths = list(small.widths)
+        self.flops = {"dense": sum(s.flops for s in dense_flops),
+                      "compact": sum(s.flops for s in layer_stats(small, small.input_shape)),
+                      "paper_counting": paper_counted_flops(self.graph, dense_flops, self.rate)}
         self.compact_difference = self._max_difference(model, small, context.test.images[:256])
         context.print_fn(f"fpgm: widths {self.original_widths} -> {self.widths} "
                          f"({self.mode} mode, {self.criterion.distance.name} distance); compact vs "
@@ -310,6 +331,7 @@ class FPGMPruner(Pruner):
             "original_widths": self.original_widths, "widths": self.widths,
             "pruned_filters": {name: index.tolist() for name, index in self.selection.items()},
             "epochs": self.epoch_log, "compact_max_difference": self.compact_difference,
+            "prune_residual": self.prune_residual, "flops": self.flops,
             "finetune_epochs": self.finetune_epochs,
             "finetune_acc": self.finetune_log[-1]["test_acc"] if self.finetune_log else None,
         }

@@ -55,24 +55,34 @@ def test_reference_tables_exactly(capsys, model):
 
 # --- FLOPs equal torch's own counter ---------------------------------------------------------
 
-# alexnet_imagenet at its real widths is 61M weights; the counting does not depend on width.
-SMALL_WIDTHS = {"alexnet_imagenet": (8, 16, 16, 16, 16, 32, 32)}
+# The 224x224 layouts at their real widths are tens of millions of weights; the counting does
+# not depend on width.
+def small_widths(name):
+    defaults = models.model_class(name).widths_for()
+    return [max(2, w // 8) for w in defaults] if name in ("alexnet_imagenet", "resnet18",
+                                                         "resnet50") else None
 
 
 @pytest.mark.parametrize("name", models.model_names())
 @pytest.mark.parametrize("input_shape", [MNIST, CIFAR], ids=["mnist", "cifar10"])
 def test_flops_equal_flop_counter_mode(name, input_shape):
     torch.manual_seed(0)
-    model = models.create_model(name, input_shape, 10, SMALL_WIDTHS.get(name))
+    model = models.create_model(name, input_shape, 10, small_widths(name))
     table = flop_table(model, input_shape)
     assert table["total"]["flops"] == count_flops(model, input_shape) > 0
-    assert table["total"]["weights"] == sum(p.numel() for p in model.parameters())
+    # the rows are conv and linear layers; BatchNorm's scale and shift are counted beside them
+    batchnorm = sum(p.numel() for m in model.modules()
+                    if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for p in m.parameters())
+    assert table["batchnorm_parameters"] == batchnorm
+    assert table["total"]["weights"] + batchnorm == sum(p.numel() for p in model.parameters())
+    if batchnorm:
+        assert f"BatchNorm: {batchnorm:,} parameters" in render_markdown(table)
 
 
 @pytest.mark.parametrize("name", models.model_names())
 def test_compact_widths_equal_flop_counter_mode(name):
     """A compact (FPGM) model is the same class with smaller widths: counted the same way."""
-    default = SMALL_WIDTHS.get(name, models.model_class(name).default_widths)
+    default = small_widths(name) or models.model_class(name).widths_for()
     widths = [max(1, w // 2 - 1) for w in default]
     model = models.create_model(name, MNIST, 10, widths)
     assert flop_table(model, MNIST)["total"]["flops"] == count_flops(model, MNIST)
@@ -169,7 +179,7 @@ def sparse_checkpoint(trained_checkpoint, tmp_path_factory):
 
 def test_sparse_checkpoint_gets_han_columns(capsys, sparse_checkpoint):
     path, data_dir = sparse_checkpoint
-    code, table, out, _ = calflop(capsys, f"--load_folder_model={path}", f"--data_dir={data_dir}",
+    code, table, out, _ = calflop(capsys, f"--load_folder_model={path}", f"--data_dir={data_dir}", "--no_verify_data",
                                   "--act_images=100")
     assert code == 0
     rows = {row["layer"]: row for row in table["layers"]}
@@ -183,7 +193,7 @@ def test_sparse_checkpoint_gets_han_columns(capsys, sparse_checkpoint):
 
 def test_dense_checkpoint_has_no_han_columns(capsys, trained_checkpoint):
     path, _, data_dir = trained_checkpoint("lenet_300_100")
-    code, table, out, _ = calflop(capsys, f"--load_folder_model={path}", f"--data_dir={data_dir}")
+    code, table, out, _ = calflop(capsys, f"--load_folder_model={path}", f"--data_dir={data_dir}", "--no_verify_data")
     assert code == 0 and "weights_density" not in table["total"] and "Act%" not in out
 
 
@@ -208,7 +218,7 @@ def test_widths_flag_builds_a_compact_model(capsys):
 
 def test_every_format_parses(capsys, sparse_checkpoint):
     path, data_dir = sparse_checkpoint
-    common = [f"--load_folder_model={path}", f"--data_dir={data_dir}", "--act_images=50"]
+    common = [f"--load_folder_model={path}", f"--data_dir={data_dir}", "--no_verify_data", "--act_images=50"]
     _, table, out, _ = calflop(capsys, *common, "--format=json")
     parsed = json.loads(out)
     assert parsed["total"]["flops"] == 532_400 and len(parsed["layers"]) == 3

@@ -85,6 +85,7 @@ def test_compute_mask_zeroes_whole_filters():
 
 # ---- physical removal ----------------------------------------------------------------------
 
+CHAINS = ("lenet_300_100", "lenet_5", "lenet_5_caffe", "alexnet", "alexnet_imagenet")
 SMALL_WIDTHS = {"alexnet_imagenet": (8, 12, 16, 16, 12, 32, 24)}  # 57M parameters otherwise
 
 
@@ -93,14 +94,15 @@ def soft_pruned(name, input_shape, rate=0.4, **flags):
     torch.manual_seed(0)
     model = models.create_model(name, input_shape, 10, widths=SMALL_WIDTHS.get(name))
     pruner = create_pruner("fpgm", fpgm_args(cut_rate=rate, **flags))
-    layers = pruner.prunable_layers(model)
-    pruner.soft_step(layers, epoch=1)
+    pruner.soft_step(model, pruner.prunable_groups(model), epoch=1)
     return model, pruner
 
 
 @pytest.mark.parametrize("input_shape", [(1, 28, 28), (3, 32, 32)])
-@pytest.mark.parametrize("name", models.model_names())
-def test_compact_model_equals_masked_model(name, input_shape):
+@pytest.mark.parametrize("name", CHAINS)
+def test_compact_chain_equals_masked_model(name, input_shape):
+    """Plain chains: every hidden layer is a group and loses floor(width x rate) filters (the
+    architectures with shortcuts are tested in tests/test_graph.py)."""
     model, pruner = soft_pruned(name, input_shape)
     small = compact_model(model, {k: v.tolist() for k, v in pruner.selection.items()})
     assert type(small) is type(model)
@@ -151,20 +153,21 @@ def test_widths_round_trip_through_a_checkpoint(tmp_path):
 # ---- soft and fixed schedules --------------------------------------------------------------
 
 def test_soft_step_lets_a_regrown_filter_leave_the_selection():
-    layer = nn.Linear(2, 5)
+    model = models.create_model("lenet_300_100", (1, 1, 2), 3, widths=[5, 3])
+    layer = model.fc1
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[-2.0, -1], [3, 1], [4, -4], [-2, 0], [4, 0]]))
-    pruner = create_pruner("fpgm", fpgm_args(cut_rate=0.2))
-    layers = {"fc": layer}
-    first = pruner.soft_step(layers, epoch=1)
-    assert pruner.selection["fc"].tolist() == [1]
+    pruner = create_pruner("fpgm", fpgm_args(cut_rate=0.2))  # floor(5 x 0.2) = 1, floor(3 x 0.2) = 0
+    groups = pruner.prunable_groups(model)
+    first = pruner.soft_step(model, groups, epoch=1)
+    assert pruner.selection["fc1"].tolist() == [1] and pruner.selection["fc2"].tolist() == []
     assert layer.weight[1].abs().sum() == 0 and layer.bias[1] == 0
     assert first == {"epoch": 1, "zeroed": 1, "regrown": 0, "left": 0}
     with torch.no_grad():  # training moves the zeroed filter far out; (4, 0) is now central
         layer.weight[1] = torch.tensor([30.0, 30.0])
-    second = pruner.soft_step(layers, epoch=2)
+    second = pruner.soft_step(model, groups, epoch=2)
     assert second == {"epoch": 2, "zeroed": 1, "regrown": 1, "left": 1}
-    assert pruner.selection["fc"].tolist() == [4]
+    assert pruner.selection["fc1"].tolist() == [4]
     assert layer.weight[1].tolist() == [30.0, 30.0]  # no longer selected: not zeroed again
 
 
@@ -248,9 +251,9 @@ def test_bad_keywords_raise_before_anything(kwargs, message):
 def test_bad_layer_input_raises_before_training():
     model = models.create_model("lenet_5_caffe", (1, 28, 28), 10)
     with pytest.raises(UserError, match="would remove all 20 filters of conv1"):
-        create_pruner("fpgm", fpgm_args(cut_rate=0.5, fpgm_norm_rate=0.5)).prunable_layers(model)
+        create_pruner("fpgm", fpgm_args(cut_rate=0.5, fpgm_norm_rate=0.5)).prunable_groups(model)
     with pytest.raises(UserError, match="names no layer of LeNet5Caffe: conv9; its layers are conv1"):
-        create_pruner("fpgm", fpgm_args(fpgm_exclude=["conv9"])).prunable_layers(model)
+        create_pruner("fpgm", fpgm_args(fpgm_exclude=["conv9"])).prunable_groups(model)
 
 
 # ---- pruning.py end to end -----------------------------------------------------------------
@@ -313,7 +316,7 @@ def test_unknown_distance_is_an_argparse_error(caffe_checkpoint):
 def test_speed_benchmark_runs_and_reports_ratios(trained_checkpoint):
     from benchmarks import fpgm_speed
     path, _, data_dir = trained_checkpoint("lenet_5_caffe")
-    results = fpgm_speed.main([f"--load_folder_model={path}", f"--data_dir={data_dir}",
+    results = fpgm_speed.main([f"--load_folder_model={path}", f"--data_dir={data_dir}", "--no_verify_data",
                                "--batch_size=8", "--rounds=1", "--samples=1", "--warmup=1",
                                "--alexnet_images=32", "--alexnet_samples=1"])
     # the FLOP ratio is exact: widths (20, 50, 500) -> (12, 30, 300) on 28x28 inputs

@@ -20,23 +20,40 @@ def test_exact_parameter_counts_and_stable_layer_names(name, params, layers):
     assert [n for n, _ in weight_layers(model)] == layers
 
 
+# Models that resize every image to 224x224: run them narrow to keep the tests quick.
+IMAGENET_SIZED = {"alexnet_imagenet", "resnet18", "resnet50"}
+
+
+def out_count(module):
+    return module.out_features if isinstance(module, torch.nn.Linear) else module.out_channels
+
+
 @pytest.mark.parametrize("name", models.model_names())
 @pytest.mark.parametrize("shape", [MNIST, CIFAR])
 def test_every_model_runs_on_every_input_shape(name, shape):
-    widths = (8, 8, 8, 8, 8, 16, 16) if name == "alexnet_imagenet" else None  # keep it small
+    widths = None
+    if name in IMAGENET_SIZED:
+        widths = [max(1, w // 8) for w in models.model_class(name).widths_for()]
     model = models.create_model(name, shape, 7, widths=widths).eval()
-    assert model(torch.randn(2, *shape)).shape == (2, 7)
+    with torch.no_grad():
+        assert model(torch.randn(2, *shape)).shape == (2, 7)
 
 
 @pytest.mark.parametrize("name", models.model_names())
 def test_widths_rebuild_a_narrower_model_of_the_same_class(name):
-    narrow = [max(1, w // 4) for w in models.model_class(name).default_widths]
+    narrow = [max(1, w // 4) for w in models.model_class(name).widths_for()]
     model = models.create_model(name, MNIST, 10, widths=narrow)
-    layers = weight_layers(model)
-    assert [m.out_features if isinstance(m, torch.nn.Linear) else m.out_channels
-            for _, m in layers[:-1]] == narrow
+    assert type(model) is models.model_class(name)
+    if type(model).width_groups is models.PrunableNet.width_groups:
+        # a plain chain: every width is a hidden weight layer's outputs, in forward order
+        assert [out_count(m) for _, m in weight_layers(model)[:-1]] == narrow
+    groups = model.width_groups()
+    assert len(groups) == len(narrow)
+    for layer, channel in groups:  # each width's group lies inside a layer that writes it
+        assert 0 <= channel < out_count(model.get_submodule(layer))
     assert model.config()["widths"] == narrow
-    assert model(torch.randn(1, *MNIST)).shape == (1, 10)
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, *MNIST)).shape == (1, 10)
 
 
 def test_wrong_widths_and_unknown_names_are_user_errors():

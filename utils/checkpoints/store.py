@@ -149,7 +149,7 @@ def build_model(checkpoint: dict, device="cpu", masks: bool = True) -> torch.nn.
     config = checkpoint["config"]
     path = checkpoint.get("path", "the checkpoint")
     model = models.create_model(config["model"], config["input_shape"], config["num_classes"],
-                                config["widths"])
+                                config["widths"], **config.get("options", {}))
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:

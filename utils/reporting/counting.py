@@ -11,8 +11,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from models.base import weight_layers
 from utils.modes import eval_mode
 
-FLOP_CONVENTION = ("FLOP = 2 x multiply-accumulate for one input image (bias, activation and "
-                   "pooling not counted), as torch.utils.flop_counter.FlopCounterMode counts")
+FLOP_CONVENTION = ("FLOP = 2 x multiply-accumulate for one input image (bias, BatchNorm, "
+                   "activation and pooling not counted), as torch.utils.flop_counter.FlopCounterMode "
+                   "counts")
 
 
 @dataclass
@@ -164,7 +165,14 @@ def is_sparse(model: nn.Module) -> bool:
 def original_of(model: nn.Module) -> Optional[nn.Module]:
     """The same class at its original widths when ``model`` is a compact (structurally pruned)
     one, else None. Only the shapes matter here, so the weights stay as initialised."""
-    default = tuple(getattr(type(model), "default_widths", ()))
-    if not default or tuple(model.widths) == default:
+    original = tuple(getattr(model, "original_widths", ()))
+    if not original or tuple(model.widths) == original:
         return None
-    return type(model)(model.input_shape, model.num_classes)
+    return type(model)(model.input_shape, model.num_classes, **getattr(model, "options", {}))
+
+
+def batchnorm_parameters(model: nn.Module) -> int:
+    """BatchNorm's scale and shift: parameters, but no multiply-accumulates FlopCounterMode
+    counts (in eval mode BatchNorm folds into the conv before it)."""
+    return sum(p.numel() for m in model.modules()
+               if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) for p in m.parameters())

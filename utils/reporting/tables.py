@@ -5,7 +5,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from utils.reporting.counting import (FLOP_CONVENTION, activation_density, han_flop_fractions,
+from utils.reporting.counting import (FLOP_CONVENTION, activation_density, batchnorm_parameters,
+                                      han_flop_fractions,
                                       is_sparse, layer_stats, original_of, weighted_total)
 
 
@@ -55,6 +56,7 @@ def flop_table(model: nn.Module, input_shape, images: Optional[torch.Tensor] = N
         "widths": list(getattr(model, "widths", [])),
         "original_widths": list(original.widths) if original is not None else None,
         "activation_images": len(images) if images is not None else None,
+        "batchnorm_parameters": batchnorm_parameters(model),
         "flop_convention": FLOP_CONVENTION,
         "layers": rows,
         "total": total,
@@ -139,6 +141,9 @@ def render_markdown(table: dict) -> str:
                      f"activations where the next layer reads them, over "
                      f"{table['activation_images']:,} test images; FLOP% = weight density x the "
                      f"previous layer's Act% (input image dense), as Han et al. 2015, Tables 2 and 3.")
+    if table.get("batchnorm_parameters"):
+        notes.append(f"BatchNorm: {table['batchnorm_parameters']:,} parameters (scale and shift) "
+                     "besides the rows' weights; no FLOP counted for them.")
     notes.append(f"{table['flop_convention']}.")
     return text + "\n\n" + "\n".join(notes) + "\n"
 

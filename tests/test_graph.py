@@ -1,0 +1,193 @@
+"""The channel-dependency graph and physical removal on every registered architecture: groups,
+residual streams, option A's zero-padding shortcut, refusal of unknown operations, and a compact
+model that computes what the masked one does under random selections."""
+import random
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import models
+from models.base import PrunableNet
+from models.compact import compact_model, graph_of, pruned_sets, zero_channels
+from models.graph import UnsupportedOperation
+from models.registry import _MODELS, register_model
+
+# Small widths keep the 224x224 ImageNet layouts fast on a CPU; every width at least 2 so a
+# group can lose all but one channel.
+def small_widths(name, **options):
+    defaults = models.model_class(name).widths_for(**options)
+    divisor = 16 if name in ("resnet18", "resnet50", "alexnet_imagenet", "vgg16_bn") else 2
+    return [max(2, w // divisor) for w in defaults]
+
+
+def _random_batchnorm(model):
+    """Trained-looking BatchNorm: a zeroed conv filter would still give its shift."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-1, 1)
+
+
+def _selection(graph, residual, rng, mode):
+    chosen = {}
+    for group in graph.prunable(residual=residual):
+        size = len(group)
+        count = {"nothing": 0, "all_but_one": size - 1, "random": rng.randint(0, size - 1)}[mode]
+        chosen[group.name] = rng.sample(range(size), count)
+    return chosen
+
+
+ARCHITECTURES = [(name, {}) for name in models.model_names() if name not in
+                 ("resnet20", "resnet32", "resnet56", "resnet110")]
+ARCHITECTURES += [("resnet20", {"shortcut": "A"}), ("resnet20", {"shortcut": "B"}),
+                  ("resnet32", {"shortcut": "A"})]
+
+
+@pytest.mark.parametrize("mode", ["random", "all_but_one", "nothing"])
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("name,options", ARCHITECTURES)
+def test_compact_equals_masked_under_random_selections(name, options, residual, mode):
+    rng = random.Random(f"{name}{options}{residual}{mode}")
+    torch.manual_seed(0)
+    shape = (3, 32, 32) if rng.random() < 0.5 or name.startswith("resnet") else (1, 28, 28)
+    model = models.create_model(name, shape, 10, widths=small_widths(name, **options), **options)
+    _random_batchnorm(model)
+    graph = graph_of(model)
+    selection = _selection(graph, residual, rng, mode)
+    zero_channels(model, graph, pruned_sets(graph, selection))
+    small = compact_model(model, selection, graph)
+    assert type(small) is type(model) and small.options == model.options
+    removed = sum(len(v) for v in selection.values())
+    params = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert (params(small) < params(model)) == (removed > 0)
+    x = torch.randn(2, *shape)
+    model.eval(), small.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), model(x), atol=1e-5, rtol=0)
+    # rebuilt from its config alone: same class, same widths, same tensors' shapes
+    config = small.config()
+    again = models.create_model(config["model"], config["input_shape"], config["num_classes"],
+                                config["widths"], **config.get("options", {}))
+    assert {k: v.shape for k, v in again.state_dict().items()} == \
+        {k: v.shape for k, v in small.state_dict().items()}
+
+
+@pytest.mark.parametrize("shortcut,streams", [("A", [16, 16, 32]), ("B", [16, 32, 64])])
+def test_resnet_groups_blocks_and_streams(shortcut, streams):
+    model = models.create_model("resnet20", (3, 32, 32), 10, shortcut=shortcut)
+    graph = graph_of(model)
+    residual = [g for g in graph.groups if g.residual]
+    assert [len(g) for g in residual] == streams
+    internal = graph.prunable(residual=False)
+    assert [g.writers for g in internal] == [(f"layer{s}.{b}.conv1",) for s in (1, 2, 3) for b in range(3)]
+    # stage 1's stream is written by the stem and every block that adds into it, in all stages
+    # (option A carries its channels on into stages 2 and 3)
+    stem = graph.group("conv1")
+    assert "layer1.2.conv2" in stem.writers
+    assert ("layer3.0.conv2" in stem.writers) == (shortcut == "A")
+    fc = graph.group("fc")
+    assert fc.fixed and "outputs" in fc.reason
+
+
+def test_option_a_stream_pruning_removes_linked_channels_in_every_stage():
+    model = models.create_model("resnet20", (3, 32, 32), 10)
+    graph = graph_of(model)
+    small = compact_model(model, {"conv1": [0, 5, 9]}, graph)  # three stage-1 stream channels
+    assert small.widths[:3] == (13, 16, 32)
+    assert small.layer2[0].conv2.out_channels == 29 and small.layer3[0].conv2.out_channels == 61
+    assert small.fc.in_features == 61
+
+
+def test_a_zeroed_channel_is_zero_after_batchnorm():
+    torch.manual_seed(0)
+    model = models.create_model("resnet20", (3, 32, 32), 10)
+    _random_batchnorm(model)
+    graph = graph_of(model)
+    zero_channels(model, graph, pruned_sets(graph, {"layer1.0.conv1": [3]}))
+    block = model.layer1[0]
+    assert block.bn1.weight[3] == 0 and block.bn1.bias[3] == 0
+    seen = {}
+    block.bn1.register_forward_hook(lambda m, i, out: seen.setdefault("out", out))
+    model.eval()(torch.randn(2, 3, 32, 32))
+    assert torch.all(seen["out"][:, 3] == 0) and torch.any(seen["out"][:, 2] != 0)
+
+
+def test_chains_are_graphs_of_one_writer_per_group():
+    model = models.create_model("lenet_5_caffe", (1, 28, 28), 10)
+    graph = graph_of(model)
+    assert [(g.name, len(g), g.residual, g.fixed) for g in graph.groups] == [
+        ("conv1", 20, False, False), ("conv2", 50, False, False), ("fc1", 500, False, False),
+        ("fc2", 10, False, True)]
+    flatten_read = next(u for u in graph.uses if u.key == "fc1.weight" and u.dim == 1)
+    assert flatten_read.block == 16 and len(flatten_read.ids) == 50  # 4 x 4 per conv2 channel
+
+
+# ---- operations the graph does not know are refused ------------------------------------------
+
+class ChannelShuffleNet(PrunableNet):
+    """A conv, a channel roll (nothing in the table), a classifier."""
+    default_widths = (6,)
+
+    def __init__(self, input_shape, num_classes, widths=None):
+        super().__init__(input_shape, num_classes, widths)
+        self.conv1 = nn.Conv2d(input_shape[0], self.widths[0], 3)
+        self.fc = nn.Linear(self.widths[0], num_classes)
+
+    def forward(self, x):
+        x = torch.roll(self.conv1(x), shifts=1, dims=1)
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class GroupedConvNet(ChannelShuffleNet):
+    def __init__(self, input_shape, num_classes, widths=None):
+        super().__init__(input_shape, num_classes, widths)
+        self.conv2 = nn.Conv2d(self.widths[0], self.widths[0], 3, groups=2)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.conv2(self.conv1(x)), 1).flatten(1))
+
+
+@pytest.fixture
+def registered():
+    """Registers test models for one test only (the registry feeds other tests' parameters)."""
+    names = []
+
+    def register(name, cls):
+        register_model(name)(cls)
+        names.append(name)
+        return cls
+    yield register
+    for name in names:
+        _MODELS.pop(name)
+
+
+@pytest.mark.parametrize("cls,message", [(ChannelShuffleNet, "function roll at node roll"),
+                                          (GroupedConvNet, "grouped convolution (groups=2) at module conv2")])
+def test_unknown_operations_are_refused_with_their_name(cls, message, registered):
+    registered(f"test_{cls.__name__.lower()}", cls)
+    model = cls((3, 16, 16), 10)
+    with pytest.raises(UnsupportedOperation, match=message.replace("(", r"\(").replace(")", r"\)")):
+        graph_of(model)
+
+
+def test_pruning_py_refuses_an_unsupported_model_with_one_line(registered, tmp_path, mnist_dir, capsys):
+    import pruning
+    from tests.conftest import run_script
+    from utils import checkpoints
+    registered("test_channel_shuffle", ChannelShuffleNet)
+    model = ChannelShuffleNet((1, 28, 28), 10)
+    path = checkpoints.save_checkpoint(checkpoints.make_checkpoint(model, "mnist", {}, {}),
+                                       tmp_path / "shuffle.pt")
+    before = sorted(tmp_path.iterdir())
+    code, _ = run_script(pruning.main, [f"--load_folder_model={path}", "--pruning_method=fpgm",
+                                        f"--data_dir={mnist_dir}", f"--checkpoint_dir={tmp_path}",
+                                        "--no_download", "--no_verify_data", "--epochs=1"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "function roll" in err[0] and "refuses the model" in err[0]
+    assert sorted(tmp_path.iterdir()) == before
