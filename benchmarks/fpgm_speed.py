@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import models  # noqa: E402
 from models.compact import compact_model  # noqa: E402
 from pruners import PruneContext, create_pruner  # noqa: E402
+from pruners.fpgm import paper_counted_flops  # noqa: E402
 from utils import checkpoints, cli  # noqa: E402
 from utils.data import get_spec, load_dataset  # noqa: E402
 from utils.reporting.counting import FLOP_CONVENTION, layer_stats  # noqa: E402
@@ -59,19 +60,28 @@ def get_args_parser():
                         help="MNIST training images for the alexnet run (0 skips it)")
     parser.add_argument("--alexnet_samples", type=cli.positive_int, default=5,
                         help="timed passes per round for alexnet (a batch of 256 is ~13 GFLOP)")
+    parser.add_argument("--architectures", nargs="*", choices=sorted(ARCHITECTURES),
+                        default=sorted(ARCHITECTURES),
+                        help="the paper's networks to time dense against compact (none: skip)")
+    parser.add_argument("--arch_batch_size", type=cli.positive_int, default=64,
+                        help="images per pass for the architectures' throughput")
+    parser.add_argument("--resnet50_samples", type=cli.positive_int, default=2,
+                        help="timed passes per round for resnet50 (a batch of 64 at 224x224 is "
+                             "about 530 GFLOP: seconds per pass on a CPU)")
     parser.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=0,
                         help="seed for weights, order and dropout")
     cli.add_threads_arg(parser)
     return parser
 
 
-def prune_untrained(model, cut_rate: float):
-    """FPGM's selection on the current weights, zeroed, then removed: the compact model."""
+def prune_untrained(model, cut_rate: float, prune_residual: bool = False):
+    """FPGM's selection on the current weights, zeroed, then removed: the compact model (and
+    the pruner, whose graph the paper's counting needs)."""
     masked = copy.deepcopy(model)
-    pruner = create_pruner("fpgm", cut_rate=cut_rate)
+    pruner = create_pruner("fpgm", cut_rate=cut_rate, prune_residual=prune_residual)
     pruner.soft_step(masked, pruner.prunable_groups(masked), epoch=0)
     selection = {name: index.tolist() for name, index in pruner.selection.items()}
-    return compact_model(masked, selection), masked
+    return compact_model(masked, selection, pruner.graph), pruner
 
 
 def flops(model) -> int:
@@ -87,10 +97,11 @@ def alternate_timing(dense, compact, images, rounds, samples, warmup) -> dict:
     return {key: statistics.median(values) for key, values in medians.items()}
 
 
-def compare(dense, compact, args, samples, label):
+def compare(dense, compact, args, samples, label, batch_size=None, claimed_flops=None):
     """Print FLOPs, throughput and latency of dense vs compact; return the figures."""
     torch.manual_seed(args.seed)
-    batch = torch.randn(args.batch_size, *dense.input_shape)
+    batch_size = batch_size or args.batch_size
+    batch = torch.randn(batch_size, *dense.input_shape)
     single = batch[:1].clone()
     f_dense, f_compact = flops(dense), flops(compact)
     throughput = alternate_timing(dense, compact, batch, args.rounds, samples, args.warmup)
@@ -103,13 +114,42 @@ def compare(dense, compact, args, samples, label):
           f"{sum(p.numel() for p in compact.parameters()):,}")
     print(f"  FLOPs per image     {f_dense:,} -> {f_compact:,}  ({1 - f_compact / f_dense:.1%} fewer, "
           f"ratio {flop_ratio:.2f}x)")
-    for name, timing, size in (("throughput", throughput, args.batch_size), ("latency", latency, 1)):
+    if claimed_flops is not None:
+        print(f"  paper's counting    {f_dense:,} -> {claimed_flops:,}  ({1 - claimed_flops / f_dense:.1%} "
+              "fewer: each pruned conv at (1-r), (1-r)^2 after a pruned conv)")
+    for name, timing, size in (("throughput", throughput, batch_size), ("latency", latency, 1)):
         print(f"  {name:<10} batch {size:<4} {timing['dense']:.3f} ms -> {timing['compact']:.3f} ms"
               f"  ({size * 1000 / timing['dense']:,.0f} -> {size * 1000 / timing['compact']:,.0f} img/s, "
               f"speed-up {timing['dense'] / timing['compact']:.2f}x)")
     print(f"  throughput speed-up / FLOP ratio = {speedup / flop_ratio:.2f}")
     return {"flop_ratio": flop_ratio, "throughput_speedup": speedup,
-            "latency_speedup": latency["dense"] / latency["compact"]}
+            "latency_speedup": latency["dense"] / latency["compact"],
+            "flops": {"dense": f_dense, "compact": f_compact, "paper_counting": claimed_flops}}
+
+
+# (label, model, cut rate, --prune_residual): the paper's architectures, random weights (speed
+# depends on the widths only).
+ARCHITECTURES = {
+    "resnet56": ("resnet56, fpgm 40%, block-internal channels", "resnet56", 0.4, False),
+    "resnet56_residual": ("resnet56, fpgm 40%, with --prune_residual", "resnet56", 0.4, True),
+    "resnet50": ("resnet50 (224x224), fpgm 30%, block-internal channels", "resnet50", 0.3, False),
+}
+
+
+def architectures(args):
+    """The paper's networks, dense against compact, on CIFAR-shaped (ImageNet-shaped for
+    resnet50) inputs."""
+    results = {}
+    for key in args.architectures:
+        label, name, rate, residual = ARCHITECTURES[key]
+        torch.manual_seed(args.seed)
+        model = models.create_model(name, (3, 32, 32), 10).eval()
+        compact, pruner = prune_untrained(model, rate, residual)
+        claimed = paper_counted_flops(pruner.graph, layer_stats(model, model.input_shape), rate)
+        samples = args.samples if name != "resnet50" else args.resnet50_samples
+        results[key] = compare(model, compact.eval(), args, samples, label,
+                               batch_size=args.arch_batch_size, claimed_flops=claimed)
+    return results
 
 
 def lenet_5_caffe(args):
@@ -168,6 +208,7 @@ def main(argv=None):
     results = {"lenet_5_caffe": lenet_5_caffe(args)}
     if args.alexnet_images > 0:
         results["alexnet"] = alexnet_end_to_end(args)
+    results.update(architectures(args))
     print(f"\n({FLOP_CONVENTION})")
     return results
 
