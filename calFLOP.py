@@ -59,7 +59,8 @@ def build_table(args) -> dict:
                                   verify=not args.no_verify_data)
         images = test.images[:args.act_images]
 
-    table = model_table(model, images)
+    recorded = ((loaded or {}).get("pruning") or {}).get("original_widths")
+    table = model_table(model, images, original_widths=recorded)
     table["dataset"] = dataset
     table["checkpoint"] = loaded["path"] if loaded else None
     return table

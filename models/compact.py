@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 import models
-from models.graph import DependencyGraph, Group, TensorUse, build_graph
+from models.graph import DependencyGraph, Group, build_graph
 
 # BatchNorm's running statistics describe the channel, they do not compute it: a zeroed channel
 # keeps them (its scale and shift are zero, so its output is zero whatever they are).

@@ -191,3 +191,43 @@ def test_pruning_py_refuses_an_unsupported_model_with_one_line(registered, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "function roll" in err[0] and "refuses the model" in err[0]
     assert sorted(tmp_path.iterdir()) == before
+
+
+# ---- the scripts on a residual network --------------------------------------------------------
+
+@pytest.mark.parametrize("residual", ["False", "True"])
+def test_fpgm_resnet_end_to_end_through_the_scripts(residual, tmp_path, mnist_dir, capsys):
+    """pruning.py prunes a resnet20 checkpoint; calFLOP.py and baseline.py --do_training=False
+    work on the compact file alone."""
+    import baseline
+    import calFLOP
+    import pruning
+    from tests.conftest import run_script
+    from utils import checkpoints
+    torch.manual_seed(0)
+    widths = small_widths("resnet20", shortcut="A")
+    model = models.create_model("resnet20", (1, 28, 28), 10, widths=widths)
+    parent = checkpoints.save_checkpoint(
+        checkpoints.make_checkpoint(model, "mnist", {}, {"learning_rate": 0.01}), tmp_path / "r20.pt")
+    common = [f"--data_dir={mnist_dir}", f"--checkpoint_dir={tmp_path}", "--no_download",
+              "--no_verify_data", "--no_progress"]
+    code, result = run_script(pruning.main, [
+        f"--load_folder_model={parent}", "--pruning_method=fpgm", "--cut_rate=0.4", "--epochs=1",
+        "--batch_size=128", f"--prune_residual={residual}", "--inference_sampling=2",
+        "--inference_batch_size=8", *common])
+    assert code == 0
+    saved = checkpoints.load_checkpoint(result["path"])
+    meta = saved["pruning"]
+    assert meta["compact_max_difference"] < 1e-5 and meta["prune_residual"] == (residual == "True")
+    streams = saved["config"]["widths"][:3]
+    assert (streams == widths[:3]) == (residual == "False")
+    assert saved["config"]["options"] == {"shortcut": "A"}
+    assert meta["flops"]["compact"] == result["after"]["flops"] < result["before"]["flops"]
+    assert "FLOPs (paper's counting)" in capsys.readouterr().out
+    code, table = run_script(calFLOP.main, [f"--load_folder_model={result['path']}", *common[:-1]])
+    assert code == 0 and table["total"]["flops"] == result["after"]["flops"]
+    assert table["total"]["original_flops"] == result["before"]["flops"]
+    code, metrics = run_script(baseline.main, ["--model=resnet20", f"--load_folder_model={result['path']}",
+                                               "--do_training=False", "--inference_sampling=2",
+                                               "--inference_batch_size=8", *common])
+    assert code == 0 and metrics["top1_acc"] == result["after"]["top1_acc"]

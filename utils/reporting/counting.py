@@ -162,13 +162,14 @@ def is_sparse(model: nn.Module) -> bool:
     return any(bool((p == 0).any()) for p in model.parameters())
 
 
-def original_of(model: nn.Module) -> Optional[nn.Module]:
+def original_of(model: nn.Module, original_widths=None) -> Optional[nn.Module]:
     """The same class at its original widths when ``model`` is a compact (structurally pruned)
     one, else None. Only the shapes matter here, so the weights stay as initialised."""
-    original = tuple(getattr(model, "original_widths", ()))
+    original = tuple(original_widths or getattr(model, "original_widths", ()))
     if not original or tuple(model.widths) == original:
         return None
-    return type(model)(model.input_shape, model.num_classes, **getattr(model, "options", {}))
+    return type(model)(model.input_shape, model.num_classes, original,
+                       **getattr(model, "options", {}))
 
 
 def batchnorm_parameters(model: nn.Module) -> int:

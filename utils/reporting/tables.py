@@ -169,8 +169,11 @@ def render_json(table: dict) -> str:
 RENDERERS = {"markdown": render_markdown, "csv": render_csv, "json": render_json}
 
 
-def model_table(model: nn.Module, images: Optional[torch.Tensor] = None) -> dict:
+def model_table(model: nn.Module, images: Optional[torch.Tensor] = None,
+                original_widths=None) -> dict:
     """calFLOP.py's table for a model as it stands: Han's columns when it is sparse and test
-    ``images`` are given, the original widths' figures when it is compact."""
+    ``images`` are given, the original widths' figures when it is compact (``original_widths``:
+    those the pruning started from, as its checkpoint records; default the architecture's)."""
     images = images if images is not None and is_sparse(model) else None
-    return flop_table(model, model.input_shape, images=images, original=original_of(model))
+    return flop_table(model, model.input_shape, images=images,
+                      original=original_of(model, original_widths))
