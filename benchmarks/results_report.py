@@ -47,7 +47,7 @@ def method_label(record: dict) -> str:
 
 def ours_row(experiment: Experiment, record: Optional[dict]) -> list:
     if record is None:
-        return [experiment.title, "ours", "mnist", experiment.model, "not run yet"] + [NA] * 8
+        return [experiment.title, "ours", experiment.dataset, experiment.model, "not run yet"] + [NA] * 8
     pruned = record.get("method") is not None
     nonzero = f"{record['nonzero']:,} ({record['nonzero'] / record['parameters']:.1%})"
     flops = f"{record['nonzero_flops']:,}"

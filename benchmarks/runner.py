@@ -59,6 +59,7 @@ def run_experiment(experiment: Experiment, argv: List[str], quick: bool, test_im
     import baseline
     import pruning
     from utils.checkpoints import build_model, load_checkpoint
+    from utils.reporting.counting import is_sparse
     from utils.reporting.tables import model_table
 
     script = {"baseline": baseline, "pruning": pruning}[experiment.script]
@@ -70,7 +71,8 @@ def run_experiment(experiment: Experiment, argv: List[str], quick: bool, test_im
 
     loaded = load_checkpoint(result["path"])
     model = build_model(loaded)
-    table = model_table(model, test_images)
+    table = model_table(model, test_images(loaded["dataset"]) if is_sparse(model) else None,
+                        original_widths=(loaded.get("pruning") or {}).get("original_widths"))
     record = {
         "experiment": experiment.id,
         "quick": quick,
@@ -136,8 +138,15 @@ def run(args):
                         "run --only baselines, or wait for them to land")
     records_path = Path(args.records)
     known = latest(load_records(records_path)) if records_path.is_file() else {}
-    _, test, _ = load_dataset("mnist", args.data_dir, download=False, verify=not args.no_verify_data)
-    test_images = test.images[:ACT_IMAGES]
+    cache = {}
+
+    def test_images(dataset):
+        """The first test images of a dataset, read once, for Act% of sparse models."""
+        if dataset not in cache:
+            _, test, _ = load_dataset(dataset, args.data_dir, download=False,
+                                      verify=not args.no_verify_data)
+            cache[dataset] = test.images[:ACT_IMAGES]
+        return cache[dataset]
     torch.set_num_threads(args.threads or torch.get_num_threads())
 
     print(f"{len(chosen)} experiments -> {relative(records_path)}"
