@@ -231,3 +231,25 @@ def test_fpgm_resnet_end_to_end_through_the_scripts(residual, tmp_path, mnist_di
                                                "--do_training=False", "--inference_sampling=2",
                                                "--inference_batch_size=8", *common])
     assert code == 0 and metrics["top1_acc"] == result["after"]["top1_acc"]
+
+
+def test_magnitude_pruned_resnet_gets_flop_percent_from_what_each_layer_reads():
+    from pruners.songhan import SongHanPruner
+    from utils.masks import make_permanent
+    from utils.reporting.counting import input_density
+    from utils.reporting.tables import flop_table, render_markdown
+    torch.manual_seed(0)
+    model = models.create_model("resnet20", (1, 28, 28), 10, widths=small_widths("resnet20"))
+    SongHanPruner(cut_rate=0.7).prune_step(model, 1)
+    make_permanent(model)
+    images = torch.randn(16, 1, 28, 28)
+    table = flop_table(model, (1, 28, 28), images=images)
+    assert table["act_of"] == "input"
+    reads = input_density(model, images)
+    rows = {row["layer"]: row for row in table["layers"]}
+    block = rows["layer2.1.conv1"]  # reads the stage-2 stream after its ReLU
+    weight_density = block["nonzero"] / block["weights"]  # no bias in these convs
+    assert block["act_density"] == reads["layer2.1.conv1"] < 1
+    assert block["flop_density"] == pytest.approx(weight_density * reads["layer2.1.conv1"])
+    assert rows["conv1"]["flop_density"] == pytest.approx(rows["conv1"]["nonzero"] / rows["conv1"]["weights"])
+    assert "Act% = share of nonzero values in what the layer reads" in render_markdown(table)

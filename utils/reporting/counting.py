@@ -104,32 +104,23 @@ _ACTIVATION_CHUNK = 256  # images per forward pass, so alexnet_imagenet at 224x2
 
 
 @torch.no_grad()
-def activation_density(model: nn.Module, images: torch.Tensor) -> Dict[str, float]:
-    """Share of nonzero activations at each conv/linear layer's output over ``images``.
-
-    A layer's output is taken where the next weight layer reads it: after the nonlinearity,
-    pooling and flattening in between (dropout is the identity in eval mode). That is the
-    activation whose zeros let the next layer skip multiplies, which is what FLOP% needs. The
-    last layer's output is its own (the logits)."""
+def input_density(model: nn.Module, images: torch.Tensor) -> Dict[str, float]:
+    """Share of nonzero values in what each conv/linear layer reads, over ``images`` (after the
+    nonlinearity, pooling, flattening and residual adds before it; dropout is the identity in
+    eval mode): the zeros that let the layer skip multiplies. Under the key ``None``, the share
+    of nonzero logits the last layer outputs."""
     layers = weight_layers(model)
-    if not layers:
-        return {}
-    names = [name for name, _ in layers]
-    nonzero = {name: 0 for name in names}
-    total = {name: 0 for name in names}
+    nonzero: Dict[Optional[str], int] = {}
+    total: Dict[Optional[str], int] = {}
 
     def count(name, tensor):
-        nonzero[name] += int(torch.count_nonzero(tensor))
-        total[name] += tensor.numel()
+        nonzero[name] = nonzero.get(name, 0) + int(torch.count_nonzero(tensor))
+        total[name] = total.get(name, 0) + tensor.numel()
 
-    hooks = []
-    # The input of layer i+1 is the output of layer i: weight_layers is forward order and the
-    # models here are plain chains.
-    for (previous, _), (_, module) in zip(layers, layers[1:]):
-        hooks.append(module.register_forward_pre_hook(
-            lambda mod, inputs, name=previous: count(name, inputs[0])))
-    last_name, last = layers[-1]
-    hooks.append(last.register_forward_hook(lambda mod, inputs, out: count(last_name, out)))
+    hooks = [module.register_forward_pre_hook(lambda mod, inputs, name=name: count(name, inputs[0]))
+             for name, module in layers]
+    if layers:
+        hooks.append(layers[-1][1].register_forward_hook(lambda mod, inputs, out: count(None, out)))
     try:
         with eval_mode(model):
             device = next(model.parameters()).device
@@ -138,7 +129,17 @@ def activation_density(model: nn.Module, images: torch.Tensor) -> Dict[str, floa
     finally:
         for hook in hooks:
             hook.remove()
-    return {name: nonzero[name] / total[name] if total[name] else 0.0 for name in names}
+    return {name: nonzero[name] / total[name] if total[name] else 0.0 for name in total}
+
+
+def activation_density(model: nn.Module, images: torch.Tensor) -> Dict[str, float]:
+    """Han et al.'s Act%: share of nonzero activations at each conv/linear layer's output, taken
+    where the next weight layer reads it. That reading is defined for a plain chain (layer i
+    feeds layer i+1, in forward order); the last layer's output is its own (the logits)."""
+    names = [name for name, _ in weight_layers(model)]
+    reads = input_density(model, images)
+    return {name: reads[after] for name, after in zip(names, names[1:])} | (
+        {names[-1]: reads[None]} if names else {})
 
 
 def han_flop_fractions(weight_density: Sequence[float], act_density: Sequence[float]) -> List[float]:

@@ -5,8 +5,9 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from models.graph import build_graph
 from utils.reporting.counting import (FLOP_CONVENTION, activation_density, batchnorm_parameters,
-                                      han_flop_fractions,
+                                      input_density,
                                       is_sparse, layer_stats, original_of, weighted_total)
 
 
@@ -27,12 +28,19 @@ def flop_table(model: nn.Module, input_shape, images: Optional[torch.Tensor] = N
     for key in ("weights", "flops", "nonzero", "macs", "nonzero_flops"):
         total[key] = sum(row[key] for row in rows)
 
+    chain = True
     if images is not None:
-        act = activation_density(model, images)
+        # Han's Act% (a layer's output where the next layer reads it) assumes a plain chain;
+        # with shortcuts the column shows what each layer itself reads, and FLOP% always uses
+        # that: a multiply is skipped when the weight or the value it multiplies is zero.
+        chain = not any(group.residual for group in build_graph(model, input_shape).groups)
+        reads = input_density(model, images)
+        act = activation_density(model, images) if chain else {s.name: reads[s.name] for s in stats}
         # FLOPs come from the weight tensor alone (biases are added, not multiplied), so FLOP%
         # uses the weight tensor's density; Weights% matches the Weights column (with biases).
         weight_only = [s.nonzero_macs / s.macs if s.macs else 0.0 for s in stats]
-        fractions = han_flop_fractions(weight_only, [act[s.name] for s in stats])
+        read_density = [1.0] + [reads[s.name] for s in stats[1:]]  # the input image counted dense
+        fractions = [w * r for w, r in zip(weight_only, read_density)]
         for row, s, fraction in zip(rows, stats, fractions):
             row["weights_density"] = s.nonzero / s.weights if s.weights else 0.0
             row["act_density"] = act[s.name]
@@ -57,6 +65,7 @@ def flop_table(model: nn.Module, input_shape, images: Optional[torch.Tensor] = N
         "original_widths": list(original.widths) if original is not None else None,
         "activation_images": len(images) if images is not None else None,
         "batchnorm_parameters": batchnorm_parameters(model),
+        "act_of": "output" if chain else "input",
         "flop_convention": FLOP_CONVENTION,
         "layers": rows,
         "total": total,
@@ -136,11 +145,16 @@ def render_markdown(table: dict) -> str:
                      f"{table['original_widths']}: weights "
                      f"{_reduction(total['weights'], total['original_weights'])}, "
                      f"FLOP {_reduction(total['flops'], total['original_flops'])}.")
-    if "weights_density" in total:
+    if "weights_density" in total and table.get("act_of", "output") == "output":
         notes.append(f"Weights% = nonzero / all weights and biases; Act% = share of nonzero "
                      f"activations where the next layer reads them, over "
                      f"{table['activation_images']:,} test images; FLOP% = weight density x the "
                      f"previous layer's Act% (input image dense), as Han et al. 2015, Tables 2 and 3.")
+    elif "weights_density" in total:
+        notes.append(f"Weights% = nonzero / all weights and biases; Act% = share of nonzero values "
+                     f"in what the layer reads (a network with shortcuts is not a chain, so Han et "
+                     f"al.'s output-side Act% is not defined), over {table['activation_images']:,} "
+                     f"test images; FLOP% = weight density x Act% (input image dense).")
     if table.get("batchnorm_parameters"):
         notes.append(f"BatchNorm: {table['batchnorm_parameters']:,} parameters (scale and shift) "
                      "besides the rows' weights; no FLOP counted for them.")
