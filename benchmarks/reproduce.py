@@ -17,9 +17,11 @@ This file is the command line only: what is run is benchmarks/experiments.py, ru
 benchmarks/runner.py, the records benchmarks/records.py, the README section
 benchmarks/results_report.py and the plots benchmarks/results_plots.py.
 
-Epochs (full run; `--list` prints them) are chosen to fit well inside an hour on this 2-core
-CPU: lenet_300_100 97 epochs at ~1 s, lenet_5 40 at 3-8 s, lenet_5_caffe 42 (20 baseline, 3x4
-songhan, 10 fpgm) at 10-30 s, plus evaluation and timing: 15-30 minutes when the machine is idle.
+Epochs (full run; `--list` prints them) are chosen to fit in about an hour on this 2-core CPU:
+lenet_300_100 105 epochs at ~1 s, lenet_5 40 at 3-8 s, lenet_5_caffe 54 at 10-30 s, plus
+evaluation and timing: 15-30 minutes when the machine is idle; and resnet20 on Fashion-MNIST,
+14 epochs at about 130 s: another 30 minutes (`--only baseline_resnet20_fashion fpgm` and so on
+to run parts).
 Under heavy sharing an epoch can take 4x longer (the quick run here saw lenet_5_caffe at 110 s).
 """
 import sys

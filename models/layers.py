@@ -26,3 +26,26 @@ class ZeroPadShortcut(nn.Module):
 
     def extra_repr(self) -> str:
         return f"stride={self.stride}, extra_channels={self.extra_channels}"
+
+
+class BasicBlock(nn.Module):
+    """He et al. 2016's basic block: 3x3 conv (stride) - BN - ReLU - 3x3 conv - BN, plus the
+    shortcut, then ReLU. ``shortcut_name`` is the attribute the shortcut lives under (CIFAR code
+    says ``shortcut``, torchvision ``downsample``: the state_dict keys follow it)."""
+
+    def __init__(self, in_planes: int, mid_planes: int, out_planes: int, stride: int,
+                 shortcut: nn.Module = None, shortcut_name: str = "shortcut"):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, mid_planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(mid_planes)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(mid_planes, out_planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.shortcut_name = shortcut_name
+        setattr(self, shortcut_name, shortcut if shortcut is not None else nn.Identity())
+        self.relu2 = nn.ReLU()
+
+    def forward(self, x):
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + getattr(self, self.shortcut_name)(x))

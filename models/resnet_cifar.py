@@ -28,30 +28,10 @@ import torch.nn as nn
 
 from models import register_model
 from models.base import PrunableNet
-from models.layers import ZeroPadShortcut
+from models.layers import BasicBlock, ZeroPadShortcut
 from utils.errors import UserError
 
 SHORTCUTS = ("A", "B")
-
-
-class BasicBlock(nn.Module):
-    """3x3 conv-BN-ReLU-3x3 conv-BN, plus the shortcut, then ReLU."""
-
-    def __init__(self, in_planes: int, mid_planes: int, out_planes: int, stride: int,
-                 shortcut: nn.Module):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, mid_planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid_planes)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(mid_planes, out_planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_planes)
-        self.shortcut = shortcut
-        self.relu2 = nn.ReLU()
-
-    def forward(self, x):
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.shortcut(x))
 
 
 class CifarResNet(PrunableNet):

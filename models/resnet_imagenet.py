@@ -19,6 +19,7 @@ Widths are channel groups, in this order:
   block, conv1's then conv2's outputs, blocks in forward order.
   Default (64, 256, 512, 1024, 2048) + (64, 64) x 3 + (128, 128) x 4 + (256, 256) x 6 + (512, 512) x 3.
 """
+import functools
 import os
 
 import torch.nn as nn
@@ -26,6 +27,7 @@ import torch.nn as nn
 from models import register_model
 from models.adapters import ImageAdapter
 from models.base import PrunableNet
+from models.layers import BasicBlock
 from utils.errors import UserError
 
 
@@ -33,25 +35,6 @@ def _conv_bn(in_channels, out_channels, kernel, stride=1):
     """The (conv, BN) pair of a downsample projection, named 0 and 1 as torchvision's."""
     return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride=stride, bias=False),
                          nn.BatchNorm2d(out_channels))
-
-
-class BasicBlock(nn.Module):
-    """torchvision's BasicBlock: 3x3 conv (stride) - BN - ReLU - 3x3 conv - BN, + shortcut, ReLU."""
-
-    def __init__(self, in_planes, mid_planes, out_planes, stride, downsample):
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, mid_planes, 3, stride=stride, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(mid_planes)
-        self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(mid_planes, out_planes, 3, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_planes)
-        self.downsample = downsample if downsample is not None else nn.Identity()
-        self.relu2 = nn.ReLU()
-
-    def forward(self, x):
-        out = self.relu1(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return self.relu2(out + self.downsample(x))
 
 
 class Bottleneck(nn.Module):
@@ -99,7 +82,8 @@ class ImageNetResNet(PrunableNet):
         streams = self.widths[stem_group:stem_group + 4]
         internal = iter(self.widths[stem_group + 4:])
         per_block = self.internal_per_block()
-        block_type = Bottleneck if self.bottleneck else BasicBlock
+        block_type = Bottleneck if self.bottleneck else functools.partial(
+            BasicBlock, shortcut_name="downsample")  # torchvision's name, so its weights load
 
         self.adapter = ImageAdapter(channels=3, size=self.image_size)
         self.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
