@@ -74,11 +74,12 @@ def get_args_parser():
     return parser
 
 
-def prune_untrained(model, cut_rate: float, prune_residual: bool = False):
+def prune_untrained(model, cut_rate: float, prune_residual: bool = False, channel_multiple: int = 1):
     """FPGM's selection on the current weights, zeroed, then removed: the compact model (and
     the pruner, whose graph the paper's counting needs)."""
     masked = copy.deepcopy(model)
-    pruner = create_pruner("fpgm", cut_rate=cut_rate, prune_residual=prune_residual)
+    pruner = create_pruner("fpgm", cut_rate=cut_rate, prune_residual=prune_residual,
+                           channel_multiple=channel_multiple)
     pruner.soft_step(masked, pruner.prunable_groups(masked), epoch=0)
     selection = {name: index.tolist() for name, index in pruner.selection.items()}
     return compact_model(masked, selection, pruner.graph), pruner
@@ -127,12 +128,14 @@ def compare(dense, compact, args, samples, label, batch_size=None, claimed_flops
             "flops": {"dense": f_dense, "compact": f_compact, "paper_counting": claimed_flops}}
 
 
-# (label, model, cut rate, --prune_residual): the paper's architectures, random weights (speed
-# depends on the widths only).
+# (label, model, cut rate, --prune_residual, --channel_multiple): the paper's architectures,
+# random weights (speed depends on the widths only).
 ARCHITECTURES = {
-    "resnet56": ("resnet56, fpgm 40%, block-internal channels", "resnet56", 0.4, False),
-    "resnet56_residual": ("resnet56, fpgm 40%, with --prune_residual", "resnet56", 0.4, True),
-    "resnet50": ("resnet50 (224x224), fpgm 30%, block-internal channels", "resnet50", 0.3, False),
+    "resnet56": ("resnet56, fpgm 40%, block-internal channels", "resnet56", 0.4, False, 1),
+    "resnet56_residual": ("resnet56, fpgm 40%, with --prune_residual", "resnet56", 0.4, True, 1),
+    "resnet56_residual_aligned": ("resnet56, fpgm 40%, --prune_residual --channel_multiple=8",
+                                  "resnet56", 0.4, True, 8),
+    "resnet50": ("resnet50 (224x224), fpgm 30%, block-internal channels", "resnet50", 0.3, False, 1),
 }
 
 
@@ -141,10 +144,10 @@ def architectures(args):
     resnet50) inputs."""
     results = {}
     for key in args.architectures:
-        label, name, rate, residual = ARCHITECTURES[key]
+        label, name, rate, residual, multiple = ARCHITECTURES[key]
         torch.manual_seed(args.seed)
         model = models.create_model(name, (3, 32, 32), 10).eval()
-        compact, pruner = prune_untrained(model, rate, residual)
+        compact, pruner = prune_untrained(model, rate, residual, multiple)
         claimed = paper_counted_flops(pruner.graph, layer_stats(model, model.input_shape), rate)
         samples = args.samples if name != "resnet50" else args.resnet50_samples
         results[key] = compare(model, compact.eval(), args, samples, label,

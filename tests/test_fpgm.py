@@ -339,3 +339,23 @@ def test_finetune_epochs_train_the_compact_model_and_the_report_counts_parameter
     # a compact model is dense: the report says how many parameters are gone, not "sparsity"
     reduction = 1 - result["after"]["parameters"] / result["before"]["parameters"]
     assert f"({reduction:.1%} fewer" in out and "sparsity" not in out
+
+
+@pytest.mark.parametrize("filters,rate,multiple,expected", [
+    (16, 0.4, 8, 8),     # keeps 10 -> nearest multiple of 8 is 8
+    (32, 0.4, 8, 8),     # keeps 20 -> 16 and 24 are as near: keep more
+    (64, 0.4, 8, 24),    # keeps 39 -> 40
+    (8, 0.4, 8, 3),      # a group no larger than the multiple keeps the paper's count
+    (16, 0.1, 8, 0),     # keeps 15 -> 16: nothing pruned
+    (64, 0.4, 1, 25),    # 1: the paper's floor(N x rate)
+])
+def test_channel_multiple_rounds_what_is_kept(filters, rate, multiple, expected):
+    criterion = GeometricMedianFilters(rate, channel_multiple=multiple)
+    assert sum(criterion.counts(filters)) == expected
+    chosen = criterion.select(torch.randn(filters, 4, 3, 3))
+    assert len(chosen) == expected
+
+
+def test_channel_multiple_with_fpgm_mix_takes_from_the_distance_share_first():
+    criterion = GeometricMedianFilters(0.2, norm_amount=0.2, channel_multiple=8)
+    assert criterion.counts(32) == (6, 2)  # floor 6 + floor 6 keeps 20 -> 24: 8 pruned, 6 by norm
