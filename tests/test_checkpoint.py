@@ -184,3 +184,14 @@ def test_files_get_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_a_name_with_wildcards_finds_the_one_checkpoint_it_matches(tmp_path):
+    _, path = _saved(tmp_path)  # lenet_5_mnist_acc_0.5000_epoch_3.pt
+    assert checkpoints.resolve_checkpoint("lenet_5_mnist_acc_*_epoch_3", tmp_path) == path
+    assert checkpoints.load_checkpoint("lenet_5_mnist_acc_*_epoch_3", tmp_path)["path"] == str(path)
+    with pytest.raises(UserError, match="no checkpoint 'lenet_5_mnist_acc_\\*_epoch_4'"):
+        checkpoints.resolve_checkpoint("lenet_5_mnist_acc_*_epoch_4", tmp_path)
+    _saved(tmp_path)  # a second one: lenet_5_mnist_acc_0.5000_epoch_3_2.pt
+    with pytest.raises(UserError, match="matches 2 checkpoints"):
+        checkpoints.resolve_checkpoint("lenet_5_mnist_acc_*_epoch_3*", tmp_path)

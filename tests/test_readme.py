@@ -10,6 +10,7 @@ the checkpoint it loads; the accuracy digits are whatever the run reaches, so th
 """
 import argparse
 import importlib
+import fnmatch
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -127,7 +128,14 @@ def made(model: str, dataset: str, epochs: int, method: Optional[str], line: int
     name = Path(checkpoint_name(model, dataset, 0.0, epochs, method=method)).stem
     before, after = name.split(f"_acc_{ACC_PLACEHOLDER}_")
     return {"pattern": re.compile(rf"{re.escape(before)}_acc_\d\.\d{{4}}_{re.escape(after)}"),
-            "name": f"{before}_acc_<acc>_{after}", "model": model, "dataset": dataset, "line": line}
+            "name": f"{before}_acc_<acc>_{after}", "example": f"{before}_acc_0.9876_{after}",
+            "model": model, "dataset": dataset, "line": line}
+
+
+def loads(maker: dict, stem: str) -> bool:
+    """``stem`` (a name, or a name with wildcards for the accuracy) is what ``maker`` saves."""
+    return bool(maker["pattern"].fullmatch(stem)) or (
+        any(c in stem for c in "*?[") and fnmatch.fnmatchcase(maker["example"], stem))
 
 
 def check_checkpoints(commands: List[Command]) -> List[str]:
@@ -144,7 +152,7 @@ def check_checkpoints(commands: List[Command]) -> List[str]:
         if name:
             stem = Path(name).name
             stem = stem[:-3] if stem.endswith(".pt") else stem
-            candidates = [maker for maker in makers if maker["pattern"].fullmatch(stem)]
+            candidates = [maker for maker in makers if loads(maker, stem)]
             if not candidates:
                 earlier = ", ".join(maker["name"] for maker in makers) or "nothing"
                 problems.append(f"{command}: loads {name}, which no earlier README command makes "

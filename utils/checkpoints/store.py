@@ -85,9 +85,20 @@ def update_metrics(checkpoint: dict, path, metrics: dict) -> Path:
 
 def resolve_checkpoint(name_or_path: str, checkpoint_dir=DEFAULT_DIR) -> Path:
     """A path, or a name (with or without .pt) in ``checkpoint_dir`` or, when that is another
-    folder, in the default checkpoints/ folder."""
+    folder, in the default checkpoints/ folder. A name may hold shell wildcards
+    (``lenet_300_100_mnist_acc_*_epoch_30``: the accuracy in a name is only known once trained)
+    if it matches exactly one checkpoint."""
     given = Path(name_or_path)
     folders = [Path(checkpoint_dir)] + ([Path(DEFAULT_DIR)] if Path(checkpoint_dir) != Path(DEFAULT_DIR) else [])
+    if any(c in name_or_path for c in "*?["):
+        pattern = name_or_path if name_or_path.endswith(".pt") else name_or_path + ".pt"
+        matches = sorted({p for folder in [Path(".")] + folders
+                          for p in folder.glob(pattern) if p.is_file()})
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise UserError(f"{name_or_path!r} matches {len(matches)} checkpoints "
+                            f"({', '.join(str(m) for m in matches)}); give one of them")
     candidates = [given, given.with_name(given.name + ".pt")]
     for folder in folders:
         candidates += [folder / given, folder / (given.name + ".pt")]
