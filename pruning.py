@@ -1,5 +1,6 @@
-"""Load a trained checkpoint, prune it (songhan | fpgm), retrain, save, and report what pruning
-bought: accuracy, parameters, FLOPs, file size and measured speed, before and after.
+"""Load a trained checkpoint, prune it (songhan, or the filter methods fpgm, l1norm, sfp),
+retrain, save, and report what pruning bought: accuracy, parameters, FLOPs, file size and
+measured speed, before and after.
 
     python pruning.py --load_folder_model=lenet_300_100_mnist_acc_0.9838_epoch_30 \
         --pruning_method=songhan --cut_rate=0.5 --epochs=10
@@ -15,7 +16,7 @@ with quiet_interrupt():
     from pathlib import Path
 
     import pruners
-    from pruners.base import DEFAULT_CUT_RATE, foreign_flags
+    from pruners.base import DEFAULT_CUT_RATE, foreign_flags, parse_layer_rates
     from utils import checkpoints, cli
     from utils.data import load_dataset
     from utils.errors import UserError
@@ -33,20 +34,31 @@ def get_args_parser():
     parser = cli.new_parser(__doc__)
     cli.add_model_args(parser, from_checkpoint=True)
     parser.add_argument("--pruning_method", choices=pruners.pruner_names(), default="songhan",
-                        help="songhan: Han et al. 2015 magnitude pruning; fpgm: filter pruning via "
-                             "geometric median, He et al. 2019")
+                        help="songhan: Han et al. 2015 magnitude pruning of weights; filter "
+                             "pruning, physically removed: fpgm (geometric median, He et al. "
+                             "2019, soft), l1norm (smallest L1 norm, Li et al. 2017, pruned once), "
+                             "sfp (smallest L2 norm, soft filter pruning, He et al. 2018)")
     parser.add_argument("--cut_rate", type=cli.fraction, default=DEFAULT_CUT_RATE,
-                        help="songhan: fraction of the prunable weights removed in all; fpgm: "
-                             "fraction of filters removed in each layer. In [0, 1)")
+                        help="songhan: fraction of the prunable weights removed in all; filter "
+                             "methods: fraction of filters removed in each channel group. In [0, 1)")
     cli.add_training_args(parser, epochs=10, learning_rate=None,
                           learning_rate_help="retraining learning rate (default: a tenth of the "
                                              "learning rate of the baseline at the root of the "
                                              "checkpoint's chain, as Han et al. do for LeNet)")
-    parser.method_groups = {}
+    parser.add_argument("--layer_rates", type=parse_layer_rates, default=None,
+                        metavar="NAME=RATE,...|FILE",
+                        help="per-layer rates overriding --cut_rate: songhan, the fraction of "
+                             "that layer's weights; filter methods, of that layer's (or channel "
+                             "group's) filters. NAME=RATE pairs, or a .json (or .yaml) file of "
+                             "them, as sensitivity.py writes")
+    parser.method_groups = {}  # title -> (argument group, methods that read it)
     for pruner_class in pruners.pruner_classes():
-        group = parser.add_argument_group(f"{pruner_class.name} options")
-        pruner_class.add_arguments(group)
-        parser.method_groups[pruner_class.name] = group
+        for title, add_flags in pruner_class.argument_groups():
+            if title not in parser.method_groups:
+                group = parser.add_argument_group(title)
+                add_flags(group)
+                parser.method_groups[title] = (group, set())
+            parser.method_groups[title][1].add(pruner_class.name)
     cli.add_runtime_args(parser)
     return parser
 
@@ -59,7 +71,7 @@ def parse_args(argv=None):
     if not args.load_folder_model:
         raise UserError("--load_folder_model is required: name the trained checkpoint to prune "
                         "(see checkpoints/)")
-    foreign = foreign_flags(parser, args, args.pruning_method, parser.method_groups)
+    foreign = foreign_flags(args, args.pruning_method, parser.method_groups)
     if foreign:
         raise UserError(f"{', '.join(foreign)} do not apply to --pruning_method="
                         f"{args.pruning_method}; leave them out or choose the method they belong to")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import models  # noqa: E402
 from models.compact import compact_model  # noqa: E402
 from pruners import PruneContext, create_pruner  # noqa: E402
-from pruners.fpgm import paper_counted_flops  # noqa: E402
+from pruners.structured import paper_counted_flops  # noqa: E402
 from utils import checkpoints, cli  # noqa: E402
 from utils.data import get_spec, load_dataset  # noqa: E402
 from utils.reporting.counting import FLOP_CONVENTION, layer_stats  # noqa: E402

@@ -9,5 +9,4 @@ from pruners.registry import (create_pruner, pruner_class, pruner_classes,  # no
                               pruner_names, register_pruner)
 
 # Importing the methods fills the registry.
-from pruners import fpgm  # noqa: E402,F401
-from pruners import songhan  # noqa: E402,F401
+from pruners import fpgm, norms, songhan  # noqa: E402,F401

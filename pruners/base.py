@@ -5,8 +5,11 @@ command line goes through ``from_args``, which maps the method's flags onto them
 flags live on pruning.py's parser in a group of their own (``add_arguments``), so a flag given to
 the wrong method can be refused (``foreign_flags``).
 """
+import argparse
+import json
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -70,6 +73,14 @@ class Pruner:
         """Method-specific flags, added to an argument group of their own on pruning.py."""
 
     @classmethod
+    def argument_groups(cls):
+        """(title, function adding the flags) of each flag group this method reads; methods
+        that share flags name the same group, which pruning.py adds once."""
+        if cls.add_arguments is Pruner.add_arguments:
+            return []
+        return [(f"{cls.name} options", cls.add_arguments)]
+
+    @classmethod
     def from_args(cls, args) -> "Pruner":
         """The pruner the command line asks for; subclasses map their flags to keywords."""
         return cls(cut_rate=args.cut_rate)
@@ -95,14 +106,61 @@ class Pruner:
         return model
 
 
-def foreign_flags(parser, args, method: str, groups: dict) -> List[str]:
-    """Flags of other methods' groups that ``args`` sets to something other than their default:
-    given to ``method``, they would be silently ignored."""
+def foreign_flags(args, method: str, groups: dict) -> List[str]:
+    """Flags of groups ``method`` does not read (``groups``: title -> (argument group, methods
+    that read it)) that ``args`` sets to something other than their default: given to
+    ``method``, they would be silently ignored."""
     given = []
-    for other, group in groups.items():
-        if other == method:
+    for group, methods in groups.values():
+        if method in methods:
             continue
         for action in group._group_actions:
             if getattr(args, action.dest, None) != action.default:
                 given.append(action.option_strings[0])
     return given
+
+
+def parse_layer_rates(text: str) -> Dict[str, float]:
+    """--layer_rates: NAME=RATE,NAME=RATE... or a JSON (or, with PyYAML installed, YAML) file
+    holding a {name: rate} mapping; every rate in [0, 1)."""
+    if text.endswith((".json", ".yaml", ".yml")):
+        path = Path(text)
+        try:
+            content = path.read_text()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {path} ({exc.strerror})") from None
+        try:
+            if path.suffix == ".json":
+                mapping = json.loads(content)
+            else:
+                try:
+                    import yaml
+                except ImportError:
+                    raise argparse.ArgumentTypeError(f"{path} is YAML: pip install pyyaml, or give "
+                                                     "the rates as JSON or NAME=RATE,...") from None
+                mapping = yaml.safe_load(content)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{path} is not valid {path.suffix[1:].upper()} "
+                                             f"({str(exc).splitlines()[0]})") from None
+        if not isinstance(mapping, dict):
+            raise argparse.ArgumentTypeError(f"{path} must hold a mapping of layer names to rates")
+        items = list(mapping.items())
+    else:
+        items = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, value = part.partition("=")
+            if not sep or not name.strip():
+                raise argparse.ArgumentTypeError(f"expected NAME=RATE, got {part!r}")
+            items.append((name.strip(), value.strip()))
+    rates = {}
+    for name, value in items:
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"the rate of {name} is not a number: {value!r}") from None
+        if not 0 <= rate < 1:
+            raise argparse.ArgumentTypeError(f"the rate of {name} must be in [0, 1), got {value}")
+        rates[str(name)] = rate
+    if not rates:
+        raise argparse.ArgumentTypeError("no NAME=RATE pairs given")
+    return rates

@@ -23,7 +23,7 @@ import torch.nn.utils.prune as prune
 
 from models.base import weight_layers
 from pruners import register_pruner
-from pruners.base import DEFAULT_CUT_RATE, PruneContext, Pruner
+from pruners.base import DEFAULT_CUT_RATE, PruneContext, Pruner, check_rate
 from utils import cli
 from utils.errors import UserError
 from pruners.sparse_linear import SPARSE_INFERENCE_MODES, sparsify_linear_layers
@@ -242,14 +242,23 @@ class SongHanPruner(Pruner):
         if args.quality is not None and args.cut_rate != DEFAULT_CUT_RATE:
             raise UserError("give either --cut_rate (a fraction of the weights) or --quality (a "
                             "threshold in standard deviations), not both")
+        if args.quality is not None and args.layer_rates:
+            raise UserError("give either --layer_rates (fractions per layer) or --quality (a "
+                            "threshold in standard deviations), not both")
         return cls(cut_rate=args.cut_rate, rounds=args.pruning_epochs, scope=args.prune_scope,
                    quality=args.quality, prune_bias=args.prune_bias,
-                   adjust_dropout=args.adjust_dropout, sparse_inference=args.sparse_inference)
+                   adjust_dropout=args.adjust_dropout, sparse_inference=args.sparse_inference,
+                   layer_rates=args.layer_rates)
 
     def __init__(self, cut_rate: float = DEFAULT_CUT_RATE, rounds: int = 1, scope: str = "global",
                  quality: Optional[float] = None, prune_bias: bool = False,
-                 adjust_dropout: bool = True, sparse_inference: str = "auto"):
+                 adjust_dropout: bool = True, sparse_inference: str = "auto",
+                 layer_rates: Optional[Dict[str, float]] = None):
         super().__init__(cut_rate)
+        # Han et al.'s per-layer targets (their Tables 2 and 3): these layers are pruned each to
+        # its own rate; the others follow --cut_rate and --prune_scope among themselves.
+        self.layer_rates = {name: check_rate(f"--layer_rates {name}", rate)
+                            for name, rate in (layer_rates or {}).items()}
         self.quality = quality
         self.scope = scope
         self.rounds = int(rounds)
@@ -268,6 +277,7 @@ class SongHanPruner(Pruner):
                             f"{', '.join(SPARSE_INFERENCE_MODES)}, got {self.sparse_inference!r}")
         self._record: Dict = {}
         self._start_sparsity = 0.0
+        self._layer_start: Dict[str, float] = {}
 
     # -- what gets pruned
 
@@ -295,6 +305,14 @@ class SongHanPruner(Pruner):
             for (layer, module, tensor), std in zip(targets, self._stds):
                 method = MagnitudeUnstructured(threshold=self.quality * fraction * std)
                 self._apply(module, tensor, method)
+            return
+        for layer, module, tensor in targets:
+            if layer in self.layer_rates:
+                sparsity = schedule_sparsity(self.layer_rates[layer], self.rounds,
+                                             self._layer_start[layer])[step - 1]
+                self._apply(module, tensor, MagnitudeUnstructured(amount=sparsity))
+        targets = [t for t in targets if t[0] not in self.layer_rates]
+        if not targets:
             return
         sparsity = schedule_sparsity(self.cut_rate, self.rounds, self._start_sparsity)[step - 1]
         current = [self._current(module, tensor) for _, module, tensor in targets]
@@ -333,10 +351,24 @@ class SongHanPruner(Pruner):
 
     def check_model(self, model: nn.Module) -> None:
         """A model pruned before keeps its masks (masks only grow): a target it has already
-        reached would prune nothing and is refused before any retraining."""
-        pruned, total = self._count(model)
+        reached would prune nothing and is refused before any retraining; so are per-layer rates
+        for layers the model does not have."""
+        layers = [name for name, _ in weight_layers(model)]
+        unknown = [name for name in self.layer_rates if name not in layers]
+        if unknown:
+            raise UserError(f"--layer_rates names no layer of {type(model).__name__}: "
+                            f"{', '.join(unknown)}; its layers are {', '.join(layers)}")
+        for layer in self.layer_rates:
+            pruned, total = self._count(model, [layer])
+            self._layer_start[layer] = pruned / total if total else 0.0
+            if pruned and self._layer_start[layer] >= self.layer_rates[layer]:
+                raise UserError(f"{layer} already has {self._layer_start[layer]:.2%} of its weights "
+                                f"pruned; --layer_rates {layer}={self.layer_rates[layer]} would "
+                                "prune nothing more (pruned weights stay pruned)")
+        rest = [name for name in layers if name not in self.layer_rates]
+        pruned, total = self._count(model, rest)
         self._start_sparsity = pruned / total if total else 0.0
-        if self.quality is None and pruned and self._start_sparsity >= self.cut_rate:
+        if self.quality is None and pruned and rest and self._start_sparsity >= self.cut_rate:
             raise UserError(
                 f"the model already has {pruned:,} of {total:,} prunable weights pruned "
                 f"({self._start_sparsity:.2%}); --cut_rate={self.cut_rate} would prune nothing "
@@ -381,9 +413,12 @@ class SongHanPruner(Pruner):
                 "sparsity": 1 - nonzero / values.numel()}
         return model
 
-    def _count(self, model: nn.Module) -> Tuple[int, int]:
+    def _count(self, model: nn.Module, layers: Optional[Sequence[str]] = None) -> Tuple[int, int]:
+        """(pruned, all) entries of the prunable tensors (of ``layers`` only, when given)."""
         pruned = total = 0
-        for _, module, tensor in self.targets(model):
+        for layer, module, tensor in self.targets(model):
+            if layers is not None and layer not in layers:
+                continue
             orig, mask = self._current(module, tensor)
             total += orig.numel()
             if mask is not None:
@@ -392,7 +427,8 @@ class SongHanPruner(Pruner):
 
     def metadata(self) -> dict:
         rule = ({"quality": self.quality, "scope": "layer"} if self.quality is not None
-                else {"cut_rate": self.cut_rate, "scope": self.scope})
+                else {"cut_rate": self.cut_rate, "scope": self.scope,
+                      "layer_rates": self.layer_rates})
         return {"method": self.name, **rule, "pruning_rounds": self.rounds,
                 "prune_bias": self.prune_bias, "adjust_dropout": self.adjust_dropout,
                 "sparse_inference": self.sparse_inference, **self._record}

@@ -11,7 +11,8 @@ import pruning
 from models.base import weight_layers
 from models.compact import compact_model
 from pruners import PruneContext, create_pruner
-from pruners.fpgm import DISTANCES, GeometricMedianFilters, pruned_count
+from pruners.fpgm import DISTANCES, GeometricMedianFilters
+from pruners.structured import pruned_count
 from tests.conftest import run_script
 from utils import checkpoints
 from utils.data import load_dataset
@@ -129,7 +130,7 @@ def test_compact_keeps_the_right_columns_after_flatten():
 
 
 def test_excluded_layers_keep_their_width():
-    model, pruner = soft_pruned("lenet_5_caffe", (1, 28, 28), fpgm_exclude=["conv1,fc1"])
+    model, pruner = soft_pruned("lenet_5_caffe", (1, 28, 28), exclude=["conv1,fc1"])
     assert set(pruner.selection) == {"conv2"}
     small = compact_model(model, {k: v.tolist() for k, v in pruner.selection.items()})
     assert list(small.widths) == [20, 30, 500]
@@ -218,7 +219,7 @@ def test_fixed_mode_keeps_the_first_selection_at_zero(mnist_dir):
     first = {name: GeometricMedianFilters(0.4).select(getattr(model, name).weight)
              for name in ("conv1", "conv2", "fc1")}
     before_fc2 = model.fc2.weight.detach().clone()
-    pruner = create_pruner("fpgm", fpgm_args(cut_rate=0.4, fpgm_mode="fixed"))
+    pruner = create_pruner("fpgm", fpgm_args(cut_rate=0.4, prune_mode="fixed"))
     context = tiny_context(mnist_dir, epochs=2)
     steps = []
 
@@ -239,7 +240,7 @@ def test_fixed_mode_keeps_the_first_selection_at_zero(mnist_dir):
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"norm_rate": 1.2}, "--fpgm_norm_rate must be in"),
-    ({"mode": "hard"}, "--fpgm_mode must be one of soft, fixed"),
+    ({"mode": "hard"}, "--prune_mode must be one of soft, fixed"),
     ({"finetune_epochs": -1}, "--finetune_epochs must be zero or more"),
     ({"distance": "l3"}, "unknown distance 'l3'"),
 ])
@@ -252,8 +253,8 @@ def test_bad_layer_input_raises_before_training():
     model = models.create_model("lenet_5_caffe", (1, 28, 28), 10)
     with pytest.raises(UserError, match="would remove all 20 filters of conv1"):
         create_pruner("fpgm", fpgm_args(cut_rate=0.5, fpgm_norm_rate=0.5)).prunable_groups(model)
-    with pytest.raises(UserError, match="names no layer of LeNet5Caffe: conv9; its layers are conv1"):
-        create_pruner("fpgm", fpgm_args(fpgm_exclude=["conv9"])).prunable_groups(model)
+    with pytest.raises(UserError, match="--exclude names no layer of LeNet5Caffe: conv9; its layers are conv1"):
+        create_pruner("fpgm", fpgm_args(exclude=["conv9"])).prunable_groups(model)
 
 
 # ---- pruning.py end to end -----------------------------------------------------------------
@@ -292,7 +293,7 @@ def test_pruning_script_end_to_end(caffe_checkpoint):
 @pytest.mark.parametrize("extra,message", [
     (["--cut_rate=1.0"], "--cut_rate: must be a finite number in [0, 1)"),
     (["--cut_rate=0.5", "--fpgm_norm_rate=0.5"], "would remove all"),
-    (["--fpgm_exclude=conv9"], "--fpgm_exclude names no layer"),
+    (["--fpgm_exclude=conv9"], "--exclude names no layer"),
     (["--fpgm_norm_rate=-0.1"], "--fpgm_norm_rate: must be a finite number in [0, 1)"),
     (["--pruning_epochs=3"], "--pruning_epochs do not apply to --pruning_method=fpgm"),
     (["--quality=1.0", "--prune_scope=layer"], "--prune_scope, --quality do not apply"),

@@ -29,7 +29,7 @@ MNIST = (1, 28, 28)
 
 def _args(**overrides):
     base = dict(cut_rate=0.5, quality=None, prune_scope="global", pruning_epochs=1,
-                prune_bias=False, adjust_dropout=True, sparse_inference="auto")
+                prune_bias=False, adjust_dropout=True, sparse_inference="auto", layer_rates=None)
     return Namespace(**{**base, **overrides})
 
 
@@ -351,7 +351,8 @@ def test_pruning_script_prunes_a_conv_net_with_dropout(trained_checkpoint):
     (["--quality=1", "--cut_rate=0.9"], "give either --cut_rate"),
     (["--cut_rate=1"], "--cut_rate: must be a finite number in [0, 1)"),
     (["--cut_rate=-0.1"], "--cut_rate: must be a finite number in [0, 1)"),
-    (["--fpgm_mode=fixed"], "--fpgm_mode do not apply to --pruning_method=songhan"),
+    (["--fpgm_mode=fixed"], "--prune_mode do not apply to --pruning_method=songhan"),
+    (["--fpgm_distance=l1"], "--fpgm_distance do not apply to --pruning_method=songhan"),
     (["--finetune_epochs=2"], "--finetune_epochs do not apply"),
     (["--model=lenet_5"], "holds lenet_300_100, but --model asks for lenet_5"),
     (["--load_folder_model=no_such_checkpoint"], "no checkpoint 'no_such_checkpoint'"),
