@@ -15,7 +15,7 @@ with quiet_interrupt():
 
     import models
     from utils import checkpoints, cli
-    from utils.data import get_spec, load_dataset
+    from utils.data import get_spec, held_out, load_dataset
     from utils.errors import UserError
     from utils.masks import make_permanent
     from utils.reporting.console import format_timing, print_rows
@@ -30,6 +30,7 @@ def get_args_parser():
     cli.add_training_args(parser, epochs=30, learning_rate=0.001)
     parser.add_argument("--do_training", type=cli.str2bool, default=True,
                         help="False: only evaluate and time --load_folder_model")
+    cli.add_validation_arg(parser)
     parser.add_argument("--pretrained", action="store_true",
                         help="alexnet_imagenet only: start from torchvision's ImageNet weights")
     cli.add_runtime_args(parser)
@@ -74,17 +75,23 @@ def main(argv=None):
     train, test, spec = load_dataset(args.dataset, args.data_dir, device,
                                      download=not args.no_download,
                                      verify=not args.no_verify_data)
+    validation = ({"fraction": args.val_split, "seed": args.seed} if args.val_split
+                  else (loaded or {}).get("validation"))
+    train, val = held_out(train, validation)
 
     train_seconds, history = 0.0, []
     if trains:
         start = time.perf_counter()
-        history = fit(model, train, test, settings, augment=spec.augment, generator=generator)
+        history = fit(model, train, val or test, settings, augment=spec.augment,
+                      generator=generator, monitor_name="val" if val else "test")
         train_seconds = time.perf_counter() - start
 
-    accuracy = evaluate(model, test)["acc"]
+    accuracy = evaluate(model, test)["acc"]  # the test split, once
     params = count_parameters(model)
     metrics = {"top1_acc": accuracy, "parameters": params["total"], "nonzero": params["nonzero"],
                "train_seconds": train_seconds, "history": history}
+    if val is not None:
+        metrics["val_acc"] = evaluate(model, val)["acc"]
 
     saved = None
     if trains:  # saved before timing: a Ctrl-C while timing must not cost the trained model
@@ -92,7 +99,7 @@ def main(argv=None):
         checkpoint = checkpoints.make_checkpoint(
             model, args.dataset, metrics, vars(args),
             parent=Path(loaded["path"]).name if loaded else None,
-            root_learning_rate=root_rate,
+            root_learning_rate=root_rate, validation=validation,
             **({"pruning": loaded["pruning"]} if loaded and loaded.get("pruning") else {}))
         name = checkpoints.checkpoint_name(args.model, args.dataset, accuracy, args.epochs)
         saved = checkpoints.save_checkpoint(checkpoint, Path(args.checkpoint_dir) / name)

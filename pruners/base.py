@@ -16,22 +16,39 @@ import torch.nn as nn
 
 from utils.data import Split
 from utils.errors import UserError
-from utils.training import TrainingSettings, fit
+from utils.training import TrainingSettings, evaluate, fit
 
 
 @dataclass
 class PruneContext:
-    """Data and training settings for retraining; ``retrain`` runs the shared loop."""
+    """Data and training settings for retraining; ``retrain`` runs the shared loop. With a
+    validation split (``val``), what a method measures along the way is measured on it and the
+    test split is left for the final figure."""
     train: Split
     test: Split
     settings: TrainingSettings
     augment: bool = False
     generator: Optional[torch.Generator] = None
     print_fn: Callable = print
+    val: Optional[Split] = None
 
     @property
     def epochs(self) -> int:
         return self.settings.epochs
+
+    @property
+    def monitor(self) -> Split:
+        return self.val if self.val is not None else self.test
+
+    @property
+    def monitor_name(self) -> str:
+        return "val" if self.val is not None else "test"
+
+    def accuracy(self, model: nn.Module, history: Optional[list] = None) -> float:
+        """Top-1 on the monitored split: the last epoch's figure when ``history`` has one."""
+        if history:
+            return history[-1][f"{self.monitor_name}_acc"]
+        return evaluate(model, self.monitor)["acc"]
 
     def retrain(self, model: nn.Module, epochs: Optional[int] = None,
                 after_step: Optional[Callable[[], None]] = None,
@@ -42,9 +59,10 @@ class PruneContext:
         epochs = self.settings.epochs if epochs is None else epochs
         if epochs <= 0:
             return []
-        return fit(model, self.train, self.test, self.settings, epochs=epochs,
+        return fit(model, self.train, self.monitor, self.settings, epochs=epochs,
                    augment=self.augment, generator=self.generator, after_step=after_step,
-                   on_epoch_end=on_epoch_end, print_fn=self.print_fn)
+                   on_epoch_end=on_epoch_end, print_fn=self.print_fn,
+                   monitor_name=self.monitor_name)
 
 
 def check_rate(flag: str, value) -> float:

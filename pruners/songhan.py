@@ -27,7 +27,6 @@ from pruners.base import DEFAULT_CUT_RATE, PruneContext, Pruner, check_rate
 from utils import cli
 from utils.errors import UserError
 from pruners.sparse_linear import SPARSE_INFERENCE_MODES, sparsify_linear_layers
-from utils.training import evaluate
 
 SCOPES = ("global", "layer")
 _ABS_BITS = 0x7FFFFFFF   # clearing the sign bit of an IEEE float is |w|
@@ -394,16 +393,15 @@ class SongHanPruner(Pruner):
             if self.adjust_dropout and dropout_before:
                 self._adjust_dropout(model)
             pruned, total = self._count(model)
-            pruned_acc = evaluate(model, context.test)["acc"]
+            pruned_acc = context.accuracy(model)
             context.print_fn(f"round {step}/{self.rounds}: {pruned:,} of {total:,} prunable "
-                             f"entries pruned ({pruned / max(total, 1):.2%}), test acc "
+                             f"entries pruned ({pruned / max(total, 1):.2%}), {context.monitor_name} acc "
                              f"{pruned_acc:.4f} before retraining {context.epochs} epochs")
             history = context.retrain(model)
             self._record["rounds"].append({"round": step, "pruned": pruned,
                                            "sparsity": pruned / max(total, 1),
                                            "acc_pruned": pruned_acc,
-                                           "acc_retrained": history[-1]["test_acc"] if history
-                                           else pruned_acc})
+                                           "acc_retrained": context.accuracy(model, history)})
         self._record["layers"] = {}
         for layer, m, tensor in targets:
             values = getattr(m, tensor)

@@ -192,6 +192,7 @@ class StructuredPruner(Pruner):
         self.selection: Dict[str, torch.Tensor] = {}
         self.epoch_log: List[dict] = []
         self.finetune_log: List[dict] = []
+        self.finetune_acc: Optional[float] = None
         self.original_widths: Optional[list] = None
         self.widths: Optional[list] = None
         self.compact_difference: Optional[float] = None
@@ -342,6 +343,7 @@ class StructuredPruner(Pruner):
             context.print_fn(f"{self.name}: fine-tuning the compact model for "
                              f"{self.finetune_epochs} epochs")
             self.finetune_log = context.retrain(small, epochs=self.finetune_epochs)
+            self.finetune_acc = context.accuracy(small, self.finetune_log)
         return small
 
     @staticmethod
@@ -361,5 +363,5 @@ class StructuredPruner(Pruner):
             "epochs": self.epoch_log, "compact_max_difference": self.compact_difference,
             "prune_residual": self.prune_residual, "channel_multiple": self.channel_multiple,
             "flops": self.flops, "finetune_epochs": self.finetune_epochs,
-            "finetune_acc": self.finetune_log[-1]["test_acc"] if self.finetune_log else None,
+            "finetune_acc": self.finetune_acc,
         }

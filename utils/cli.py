@@ -144,6 +144,16 @@ def add_training_args(parser, epochs: int, learning_rate, learning_rate_help="le
     group.add_argument("--no_progress", action="store_true", help="hide the per-epoch progress bars")
 
 
+def add_validation_arg(parser):
+    parser.add_argument("--val_split", type=float_in(0.0, 1.0, low_open=True, high_open=True),
+                        default=None,
+                        help="fraction of the training images held out as a validation split "
+                             "(chosen by --seed, recorded in the checkpoint, kept out of every "
+                             "later run on it): per-epoch figures and sensitivity.py use it and "
+                             "the test split is evaluated once, at the end. Default: none, or "
+                             "the loaded checkpoint's")
+
+
 def add_runtime_args(parser):
     group = parser.add_argument_group("inference timing, device and threads")
     group.add_argument("--inference_batch_size", type=positive_int, default=256,

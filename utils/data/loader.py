@@ -29,6 +29,26 @@ class Split:
     def subset(self, count: int) -> "Split":
         return Split(self.images[:count], self.labels[:count])
 
+    def take(self, index: torch.Tensor) -> "Split":
+        index = index.to(self.labels.device)
+        return Split(self.images[index], self.labels[index])
+
+
+def split_validation(split: Split, fraction: float, seed: int) -> Tuple[Split, Split]:
+    """(rest, validation): ``fraction`` of ``split`` held out, chosen by a generator of its own
+    seeded with ``seed`` (so the same images on every run and device, whatever else drew from
+    the global generators); both keep the original order."""
+    if not 0 < fraction < 1:
+        raise UserError(f"--val_split must be in (0, 1), got {fraction}")
+    count = int(round(len(split) * fraction))
+    if not 0 < count < len(split):
+        raise UserError(f"--val_split={fraction} of {len(split)} images leaves no validation or "
+                        "no training images")
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
+    held = torch.zeros(len(split), dtype=torch.bool)
+    held[order[:count]] = True
+    return split.take(torch.nonzero(~held).flatten()), split.take(torch.nonzero(held).flatten())
+
 
 def random_crop_flip(images: torch.Tensor, padding: int = 4,
                      generator: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -80,3 +100,11 @@ class BatchLoader:
             if self.augment:
                 x = random_crop_flip(x, generator=self.generator)
             yield x, y
+
+
+def held_out(train: Split, record: Optional[dict]) -> Tuple[Split, Optional[Split]]:
+    """(training images, validation images or None) for a run whose checkpoint records
+    ``{"fraction": ..., "seed": ...}`` under ``validation`` (or None: no validation split)."""
+    if not record:
+        return train, None
+    return split_validation(train, float(record["fraction"]), int(record["seed"]))

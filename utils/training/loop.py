@@ -71,14 +71,16 @@ def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict:
     return {"loss": loss_sum / len(split), "acc": correct / len(split)}
 
 
-def fit(model: nn.Module, train: Split, test: Split, settings: TrainingSettings, *,
+def fit(model: nn.Module, train: Split, monitor: Split, settings: TrainingSettings, *,
         epochs: Optional[int] = None, augment: bool = False,
         generator: Optional[torch.Generator] = None,
         optimizer: Optional[torch.optim.Optimizer] = None, scheduler=None,
         after_step: Optional[Callable[[], None]] = None,
-        on_epoch_end: Optional[Callable[[int], None]] = None, print_fn=print) -> List[dict]:
-    """Train for ``epochs`` (default: the settings') epochs, evaluating on ``test`` after each;
-    one summary line each. The optimizer and schedule are built from ``settings`` over the
+        on_epoch_end: Optional[Callable[[int], None]] = None, print_fn=print,
+        monitor_name: str = "test") -> List[dict]:
+    """Train for ``epochs`` (default: the settings') epochs, evaluating on ``monitor`` (the
+    validation split when there is one, named ``monitor_name``: history keys ``val_acc`` ...)
+    after each; one summary line each. The optimizer and schedule are built from ``settings`` over the
     model's current parameters unless given. ``on_epoch_end(epoch)`` runs after the epoch's
     training and before its evaluation, so what it changes (FPGM's soft pruning) is what gets
     measured."""
@@ -96,10 +98,12 @@ def fit(model: nn.Module, train: Split, test: Split, settings: TrainingSettings,
         if scheduler is not None:
             stats["learning_rate"] = scheduler.get_last_lr()[0]
             scheduler.step()
-        stats.update({f"test_{k}": v for k, v in evaluate(model, test).items()}, epoch=epoch)
+        stats.update({f"{monitor_name}_{k}": v for k, v in evaluate(model, monitor).items()},
+                     epoch=epoch)
         history.append(stats)
         print_fn(f"epoch {epoch:3d}/{epochs}  loss {stats['loss']:.4f}  "
-                 f"train acc {stats['train_acc']:.4f}  test acc {stats['test_acc']:.4f}  "
+                 f"train acc {stats['train_acc']:.4f}  {monitor_name} acc "
+                 f"{stats[f'{monitor_name}_acc']:.4f}  "
                  f"{stats['seconds']:.1f}s  ({stats['images_per_s']:.0f} img/s)")
     return history
 
