@@ -86,7 +86,7 @@ def compact_model(model: nn.Module, pruned: Dict[str, Sequence[int]],
     return small
 
 
-def _writer_tensors(model: nn.Module, graph: DependencyGraph, sets: Set[int]):
+def writer_tensors(model: nn.Module, graph: DependencyGraph, sets: Set[int]):
     """(key, tensor, dim, positions) of every computing tensor that writes one of ``sets``."""
     for use in graph.uses:
         if not use.writes or use.key.rsplit(".", 1)[-1] in _STATISTICS:
@@ -108,14 +108,14 @@ def _tensor(model: nn.Module, key: str) -> torch.Tensor:
 def zero_channels(model: nn.Module, graph: DependencyGraph, sets: Set[int]) -> None:
     """Zero every computing tensor entry of ``sets``: conv/linear rows and biases, BatchNorm's
     scale and shift."""
-    for _, tensor, dim, positions in _writer_tensors(model, graph, sets):
+    for _, tensor, dim, positions in writer_tensors(model, graph, sets):
         tensor.index_fill_(dim, torch.tensor(positions, device=tensor.device), 0.0)
 
 
 def channel_masks(model: nn.Module, graph: DependencyGraph, sets: Set[int]) -> Dict[str, torch.Tensor]:
     """0/1 keep-masks (by state_dict key) that hold ``sets`` at zero, for torch.nn.utils.prune."""
     masks = {}
-    for key, tensor, dim, positions in _writer_tensors(model, graph, sets):
+    for key, tensor, dim, positions in writer_tensors(model, graph, sets):
         mask = masks.get(key, torch.ones_like(tensor, dtype=torch.bool))
         mask.index_fill_(dim, torch.tensor(positions, device=tensor.device), False)
         masks[key] = mask

@@ -124,3 +124,62 @@ def test_norm_methods_end_to_end(trained_checkpoint, tmp_path, method):
     assert saved["pruning"]["method"] == method and saved["pruning"]["compact_max_difference"] < 1e-5
     assert saved["pruning"]["mode"] == {"l1norm": "fixed", "sfp": "soft"}[method]
     assert saved["pruning"]["criterion"] == {"l1norm": "smallest L1 norm", "sfp": "smallest L2 norm"}[method]
+
+
+# ---- sensitivity analysis -------------------------------------------------------------------
+
+def test_sensitivity_rows_are_what_pruning_each_layer_alone_gives(trained_checkpoint, tmp_path):
+    import csv
+    import sensitivity
+    from pruners.songhan import SongHanPruner
+    from utils import checkpoints
+    from utils.data import load_dataset, split_validation
+    from utils.masks import make_permanent
+    from utils.training import evaluate
+    path, _, data_dir = trained_checkpoint("lenet_5")
+    output = tmp_path / "sens.csv"
+    code, result = run_script(sensitivity.main, [
+        f"--load_folder_model={path}", f"--data_dir={data_dir}", "--no_download", "--no_verify_data",
+        "--val_split=0.25", "--rates=0,0.5,0.9", f"--output={output}", "--no_progress",
+        "--max_drop=0.05"])
+    assert code == 0
+    rows = list(csv.DictReader(output.open()))
+    assert [(r["layer"], float(r["rate"])) for r in rows] == \
+        [(layer, rate) for layer in ("conv1", "conv2", "fc1", "fc2") for rate in (0, 0.5, 0.9)]
+    # one point recomputed by hand: fc1 alone at 50% by magnitude, on the same validation images
+    train, _, _ = load_dataset("mnist", data_dir, download=False, verify=False)
+    _, val = split_validation(train, 0.25, 0)
+    model = checkpoints.build_model(checkpoints.load_checkpoint(str(path)))
+    pruner = SongHanPruner(cut_rate=0.0, layer_rates={"fc1": 0.5}, adjust_dropout=False)
+    pruner.check_model(model)
+    pruner.prune_step(model, 1)
+    expected = evaluate(make_permanent(model), val)
+    row = next(r for r in rows if r["layer"] == "fc1" and float(r["rate"]) == 0.5)
+    assert float(row["top1"]) == pytest.approx(expected["acc"])
+    assert float(row["loss"]) == pytest.approx(expected["loss"], rel=1e-5)
+    assert result["rates"] == json.loads(output.with_suffix(".json").read_text())
+    assert set(result["rates"]) == {"conv1", "conv2", "fc1", "fc2"}
+
+
+def test_sensitivity_never_reads_the_test_split_and_needs_a_validation_split(trained_checkpoint, capsys):
+    import sensitivity
+    path, _, data_dir = trained_checkpoint("lenet_5")
+    code, _ = run_script(sensitivity.main, [f"--load_folder_model={path}", f"--data_dir={data_dir}",
+                                            "--no_download", "--no_verify_data"])
+    assert code == 2 and "recorded no validation split" in capsys.readouterr().err
+
+
+def test_filter_sensitivity_and_a_proposal_for_a_target_compression(trained_checkpoint, tmp_path):
+    import sensitivity
+    from pruners.sensitivity import propose
+    path, _, data_dir = trained_checkpoint("lenet_5_caffe")
+    code, result = run_script(sensitivity.main, [
+        f"--load_folder_model={path}", f"--data_dir={data_dir}", "--no_download", "--no_verify_data",
+        "--val_split=0.2", "--method=l1norm", "--rates=0:0.8:0.4", f"--output={tmp_path / 's.csv'}",
+        "--no_progress"])
+    assert code == 0
+    assert {r["layer"] for r in result["rows"]} == {"conv1", "conv2", "fc1"}
+    rates, how = propose(result["rows"], target_compression=1.5)
+    assert how["compression"] >= 1.5
+    drops = [(r["layer"], r["rate"]) for r in result["rows"]]
+    assert all((layer, rate) in drops for layer, rate in rates.items())

@@ -1,0 +1,171 @@
+"""Sensitivity analysis (Han et al. 2015, Figure 6; Li et al. 2017, Figure 2): prune one layer
+(or channel group) alone at each rate of a grid, evaluate without retraining on the validation
+split, and propose per-layer rates from the curves.
+
+Each point changes one layer's tensors in place and puts them back: no copy of the whole model
+per point, one forward pass over the validation images per (layer, rate).
+"""
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from models.base import weight_layers
+from models.compact import group_vectors, pruned_sets, writer_tensors, zero_channels
+from pruners.songhan import smallest_k_masks
+from utils.data import Split
+from utils.errors import UserError
+from utils.training import evaluate
+
+MAGNITUDE = "magnitude"
+
+
+@dataclass
+class Unit:
+    """One thing pruned alone: a layer's weight (magnitude) or a channel group (filters)."""
+    name: str
+    size: int        # weights (magnitude) or channels (filters)
+    weights: int     # weights it holds, for the overall compression of a proposal
+
+
+def default_rates(step: float = 0.05, top: float = 0.95) -> List[float]:
+    return [round(i * step, 10) for i in range(int(round(top / step)) + 1)]
+
+
+class Sensitivity:
+    """``method``: "magnitude" (Han et al.'s element-wise pruning of each conv/linear weight) or
+    a filter pruner's name (each prunable channel group, its filters chosen by that pruner's
+    criterion)."""
+
+    def __init__(self, model: nn.Module, method: str = MAGNITUDE, pruner=None):
+        self.model = model.eval()
+        self.method = method
+        self.pruner = pruner
+        if method == MAGNITUDE:
+            self.layers = dict(weight_layers(model))
+            self.units = [Unit(name, m.weight.numel(), m.weight.numel())
+                          for name, m in self.layers.items()]
+        else:
+            self.groups = {g.name: g for g in pruner.prunable_groups(model)}
+            self.graph = pruner.graph
+            self.units = [Unit(g.name, len(g), self._group_weights(g)) for g in self.groups.values()]
+
+    def _group_weights(self, group) -> int:
+        """Weights that go with the group's channels: its writers' rows and readers' columns."""
+        total = 0
+        for use in self.graph.uses:
+            if not use.key.endswith(".weight"):
+                continue
+            sets = self.graph.sets_of(use)
+            if any(s in group.sets for s in sets):
+                tensor = self.model.state_dict()[use.key]
+                total += tensor.numel() * sum(s in group.sets for s in sets) // len(sets)
+        return total
+
+    @contextlib.contextmanager
+    def pruned(self, unit: Unit, rate: float) -> Iterator[None]:
+        """``unit`` pruned at ``rate`` in place for the block; its tensors restored after."""
+        if self.method == MAGNITUDE:
+            weight = self.layers[unit.name].weight
+            saved = [(weight, weight.detach().clone())]
+            with torch.no_grad():
+                (mask,) = smallest_k_masks([weight], round(rate * weight.numel()))
+                weight.mul_(mask)
+        else:
+            group = self.groups[unit.name]
+            index = self.pruner.make_criterion(rate).select(group_vectors(self.model, self.graph, group))
+            sets = pruned_sets(self.graph, {group.name: index.tolist()})
+            saved = [(tensor, tensor.detach().clone())
+                     for _, tensor, _, _ in writer_tensors(self.model, self.graph, sets)]
+            zero_channels(self.model, self.graph, sets)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for tensor, original in saved:
+                    tensor.copy_(original)
+
+    def run(self, val: Split, rates: Sequence[float], progress: bool = True) -> List[dict]:
+        """Rows of (layer, rate, top1, loss) for every unit and rate; rate 0 is the unpruned
+        model's figure."""
+        base = evaluate(self.model, val)
+        rows = []
+        grid = [(unit, rate) for unit in self.units for rate in rates]
+        for unit, rate in tqdm(grid, desc="sensitivity", unit="point", disable=None if progress else True):
+            if rate == 0:
+                result = base
+            else:
+                with self.pruned(unit, rate):
+                    result = evaluate(self.model, val)
+            rows.append({"layer": unit.name, "rate": rate, "top1": result["acc"],
+                         "loss": result["loss"], "size": unit.size, "weights": unit.weights})
+        return rows
+
+
+def propose(rows: List[dict], max_drop: Optional[float] = None,
+            target_compression: Optional[float] = None) -> Tuple[Dict[str, float], dict]:
+    """Per-layer rates from the curves: for each layer the highest rate whose accuracy stays
+    within ``max_drop`` of the unpruned one (and every rate below it too: a curve that dips and
+    recovers is not trusted past the dip). With ``target_compression`` (weights before / after,
+    over the analysed layers), the smallest drop that reaches it."""
+    by_layer: Dict[str, List[dict]] = {}
+    for row in rows:
+        by_layer.setdefault(row["layer"], []).append(row)
+    base = {name: next(r["top1"] for r in layer if r["rate"] == 0) if any(r["rate"] == 0 for r in layer)
+            else max(r["top1"] for r in layer) for name, layer in by_layer.items()}
+
+    def rates_for(drop: float) -> Dict[str, float]:
+        chosen = {}
+        for name, layer in by_layer.items():
+            best = 0.0
+            for row in sorted(layer, key=lambda r: r["rate"]):
+                if row["top1"] < base[name] - drop - 1e-12:
+                    break
+                best = row["rate"]
+            chosen[name] = best
+        return chosen
+
+    def compression(chosen: Dict[str, float]) -> float:
+        weights = {name: layer[0]["weights"] for name, layer in by_layer.items()}
+        kept = sum(weights[n] * (1 - chosen[n]) for n in weights)
+        return sum(weights.values()) / kept if kept else math.inf
+
+    if target_compression is not None:
+        drops = sorted({max(0.0, base[r["layer"]] - r["top1"]) for r in rows})
+        for drop in drops:
+            chosen = rates_for(drop)
+            if compression(chosen) >= target_compression:
+                return chosen, {"max_drop": drop, "compression": compression(chosen)}
+        raise UserError(f"no accuracy drop on the grid reaches {target_compression}x over the "
+                        f"analysed layers (at most {compression(rates_for(drops[-1])):.2f}x); "
+                        "extend the grid or aim lower")
+    drop = 0.01 if max_drop is None else max_drop
+    chosen = rates_for(drop)
+    return chosen, {"max_drop": drop, "compression": compression(chosen)}
+
+
+def format_rates(rates: Dict[str, float]) -> str:
+    """The --layer_rates form: NAME=RATE,..."""
+    return ",".join(f"{name}={rate:g}" for name, rate in rates.items())
+
+
+def plot(rows: List[dict], path, title: str, pyplot: Callable):
+    """Accuracy against rate, one line per layer (Han et al.'s Figure 6)."""
+    figure, axes = pyplot.subplots(figsize=(6, 4))
+    by_layer: Dict[str, List[dict]] = {}
+    for row in rows:
+        by_layer.setdefault(row["layer"], []).append(row)
+    for name, layer in by_layer.items():
+        axes.plot([r["rate"] * 100 for r in layer], [r["top1"] * 100 for r in layer],
+                  marker="o", markersize=3, label=name)
+    axes.set_xlabel("parameters pruned away (%)")
+    axes.set_ylabel("validation top-1 (%) without retraining")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7)
+    figure.tight_layout()
+    return figure
