@@ -11,6 +11,7 @@ the checkpoint it loads; the accuracy digits are whatever the run reaches, so th
 import argparse
 import importlib
 import fnmatch
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -174,8 +175,27 @@ def check_checkpoints(commands: List[Command]) -> List[str]:
 
 
 def readme_problems(text: str) -> Tuple[List[str], List[str]]:
-    """(flag problems, checkpoint problems) of a README's commands."""
-    commands = [check_flags(command) for command in python_commands(text)]
+    """(flag problems, checkpoint problems) of a README's commands. Flags are parsed in an empty
+    folder where the files earlier commands write exist (sensitivity.py's rates files, which
+    pruning.py --layer_rates reads at parse time), so a flag reading a file no earlier command
+    makes is a problem."""
+    import tempfile
+    import models
+    commands = []
+    previous = Path.cwd()
+    with tempfile.TemporaryDirectory() as folder:
+        os.chdir(folder)
+        try:
+            for command in python_commands(text):
+                commands.append(check_flags(command))
+                if command.script == "sensitivity.py" and command.args is not None:
+                    for model in models.model_names():  # whichever model it analysed
+                        out = Path(command.args.output or
+                                   f"results/sensitivity_{model}_{command.args.method}.csv")
+                        out.parent.mkdir(parents=True, exist_ok=True)
+                        out.with_suffix(".json").write_text('{"fc1": 0.5}')
+        finally:
+            os.chdir(previous)
     return [p for c in commands for p in c.problems], check_checkpoints(commands)
 
 
