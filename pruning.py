@@ -16,9 +16,10 @@ with quiet_interrupt():
     from pathlib import Path
 
     import pruners
+    from pruners.quantization import add_compression_args, compress_and_export
     from pruners.base import DEFAULT_CUT_RATE, foreign_flags, parse_layer_rates
     from utils import checkpoints, cli
-    from utils.data import load_dataset
+    from utils.data import held_out, load_dataset
     from utils.errors import UserError
     from utils.masks import make_permanent
     from utils.reporting.console import format_timing, print_rows
@@ -59,6 +60,7 @@ def get_args_parser():
                 add_flags(group)
                 parser.method_groups[title] = (group, set())
             parser.method_groups[title][1].add(pruner_class.name)
+    add_compression_args(parser)  # --quantize*, --export: pruners/quantization.py
     cli.add_runtime_args(parser)
     return parser
 
@@ -176,6 +178,8 @@ def main(argv=None):
     train, test, spec = load_dataset(dataset, args.data_dir, device,
                                      download=not args.no_download,
                                      verify=not args.no_verify_data)
+    # The parent's validation images stay out of retraining too.
+    train, val = held_out(train, parent.get("validation"))
     input_shape = tuple(parent["config"]["input_shape"])
     print(f"pruning {parent['path']} with {args.pruning_method} "
           f"(retraining learning rate {args.learning_rate:g})")
@@ -183,7 +187,7 @@ def main(argv=None):
     before = measure(model, test, input_shape)
     original = make_permanent(copy.deepcopy(model))  # pruning works in place; kept to time against
     context = pruners.PruneContext(train=train, test=test, settings=settings,
-                                   augment=spec.augment, generator=generator)
+                                   augment=spec.augment, generator=generator, val=val)
     start = time.perf_counter()
     model = pruner.prune(model, context)
     train_seconds = time.perf_counter() - start
@@ -195,9 +199,12 @@ def main(argv=None):
                                        method=args.pruning_method)
     checkpoint = checkpoints.make_checkpoint(
         model, dataset, metrics, vars(args), parent=Path(parent["path"]).name,
-        sparse=pruner.sparse_checkpoint, root_learning_rate=root_rate, pruning=pruner.metadata())
+        sparse=pruner.sparse_checkpoint, root_learning_rate=root_rate,
+        validation=parent.get("validation"), pruning=pruner.metadata())
     saved = checkpoints.save_checkpoint(checkpoint, Path(args.checkpoint_dir) / name)
     print(f"saved {saved}")
+    # Weight sharing, the compressed file and --export (pruners/quantization.py), on a copy.
+    metrics.update(compress_and_export(args, model, checkpoint, saved, context))
 
     make_permanent(model)
     speed = measure_speed(original, pruner.inference_model(model), test, args)

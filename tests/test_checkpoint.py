@@ -190,6 +190,7 @@ def test_a_name_with_wildcards_finds_the_one_checkpoint_it_matches(tmp_path):
     _, path = _saved(tmp_path)  # lenet_5_mnist_acc_0.5000_epoch_3.pt
     assert checkpoints.resolve_checkpoint("lenet_5_mnist_acc_*_epoch_3", tmp_path) == path
     assert checkpoints.load_checkpoint("lenet_5_mnist_acc_*_epoch_3", tmp_path)["path"] == str(path)
+    assert checkpoints.resolve_checkpoint(str(tmp_path / "lenet_5_*_epoch_3.pt")) == path
     with pytest.raises(UserError, match="no checkpoint 'lenet_5_mnist_acc_\\*_epoch_4'"):
         checkpoints.resolve_checkpoint("lenet_5_mnist_acc_*_epoch_4", tmp_path)
     _saved(tmp_path)  # a second one: lenet_5_mnist_acc_0.5000_epoch_3_2.pt

@@ -10,6 +10,7 @@ loaded model keeps its pruned weights pruned through any further training. Loade
 torch.load(weights_only=True) and checked against its own config; written atomically
 (utils/files.py), never over another checkpoint unless asked.
 """
+import glob
 from pathlib import Path
 from typing import Optional
 
@@ -92,8 +93,9 @@ def resolve_checkpoint(name_or_path: str, checkpoint_dir=DEFAULT_DIR) -> Path:
     folders = [Path(checkpoint_dir)] + ([Path(DEFAULT_DIR)] if Path(checkpoint_dir) != Path(DEFAULT_DIR) else [])
     if any(c in name_or_path for c in "*?["):
         pattern = name_or_path if name_or_path.endswith(".pt") else name_or_path + ".pt"
-        matches = sorted({p for folder in [Path(".")] + folders
-                          for p in folder.glob(pattern) if p.is_file()})
+        # glob.glob, not Path.glob: the pattern may be an absolute path.
+        matches = sorted({Path(p) for folder in [Path(".")] + folders
+                          for p in glob.glob(str(folder / pattern)) if Path(p).is_file()})
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
