@@ -88,8 +88,9 @@ def run_experiment(experiment: Experiment, argv: List[str], quick: bool, test_im
         "checkpoint": relative(loaded["path"]),
         "checkpoint_bytes": os.path.getsize(loaded["path"]),
         "parent": loaded.get("parent"),
-        "parameters": table["total"]["weights"],
-        "nonzero": table["total"]["nonzero"],
+        # the table's rows are conv and linear layers; BatchNorm's scale and shift count too
+        "parameters": table["total"]["weights"] + table["batchnorm_parameters"],
+        "nonzero": table["total"]["nonzero"] + table["batchnorm_parameters"],
         "flops": table["total"]["flops"],
         "nonzero_flops": table["total"]["nonzero_flops"],
         "layers": table,
