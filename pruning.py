@@ -10,7 +10,6 @@ A checkpoint pruned before keeps its masks: pruning it again prunes further, nev
 from utils.interrupts import quiet_interrupt
 
 with quiet_interrupt():
-    import copy
     import os
     import time
     from pathlib import Path
@@ -21,7 +20,7 @@ with quiet_interrupt():
     from utils import checkpoints, cli
     from utils.data import held_out, load_dataset
     from utils.errors import UserError
-    from utils.masks import make_permanent
+    from utils.masks import detached_copy, make_permanent
     from utils.reporting.console import format_timing, print_rows
     from utils.reporting.counting import FLOP_CONVENTION, count_parameters, layer_stats
     from utils.timing import compare_inference, inference_batch
@@ -185,7 +184,7 @@ def main(argv=None):
           f"(retraining learning rate {args.learning_rate:g})")
 
     before = measure(model, test, input_shape)
-    original = make_permanent(copy.deepcopy(model))  # pruning works in place; kept to time against
+    original = make_permanent(detached_copy(model))  # pruning works in place; kept to time against
     context = pruners.PruneContext(train=train, test=test, settings=settings,
                                    augment=spec.augment, generator=generator, val=val)
     start = time.perf_counter()

@@ -48,14 +48,7 @@ def get_args_parser():
                         help="accept MNIST files that differ from the official ones")
     parser.add_argument("--cut_rate", type=cli.fraction, default=0.4,
                         help="fraction of filters FPGM removes per layer")
-    parser.add_argument("--batch_size", type=cli.positive_int, default=256,
-                        help="images per pass for throughput")
-    parser.add_argument("--rounds", type=cli.positive_int, default=5,
-                        help="alternating dense/compact rounds")
-    parser.add_argument("--samples", type=cli.positive_int, default=30,
-                        help="timed passes per round, after warm-up")
-    parser.add_argument("--warmup", type=cli.non_negative_int, default=10,
-                        help="untimed passes before each round")
+    cli.add_comparison_timing_args(parser, batch_size=256, samples=30, warmup=10)
     parser.add_argument("--alexnet_images", type=cli.non_negative_int, default=512,
                         help="MNIST training images for the alexnet run (0 skips it)")
     parser.add_argument("--alexnet_samples", type=cli.positive_int, default=5,

@@ -48,14 +48,7 @@ def get_args_parser():
     parser.add_argument("--architectures", nargs="*", choices=sorted(ARCHITECTURES),
                         default=["lenet_5_caffe", "resnet56_residual_aligned"],
                         help="random-weight pairs to time when no checkpoint is given")
-    parser.add_argument("--batch_size", type=cli.positive_int, default=64,
-                        help="images per run for throughput")
-    parser.add_argument("--rounds", type=cli.positive_int, default=5,
-                        help="alternating dense/compact rounds")
-    parser.add_argument("--samples", type=cli.positive_int, default=20,
-                        help="timed runs per round, after warm-up")
-    parser.add_argument("--warmup", type=cli.non_negative_int, default=5,
-                        help="untimed runs before each round")
+    cli.add_comparison_timing_args(parser, batch_size=64, samples=20, warmup=5)
     parser.add_argument("--compare_images", type=cli.positive_int, default=64,
                         help="random images the ONNX outputs are compared with PyTorch's on")
     parser.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=0,

@@ -40,7 +40,7 @@ from utils.checkpoints import build_model
 from utils.checkpoints.compressed import (MAX_SHARED_BITS, SUFFIX, compressed_bytes,
                                           load_compressed, save_compressed)
 from utils.errors import UserError
-from utils.masks import plain_state_dict
+from utils.masks import detached_copy, plain_state_dict
 from utils.reporting.console import print_rows
 from utils.training import evaluate
 
@@ -298,7 +298,6 @@ def compress(model: nn.Module, checkpoint: dict, saved: Path, context, args,
     """Weight sharing and fine-tuning of a copy of the pruned ``model``, the compressed file
     next to the pruned checkpoint ``saved``, read back and checked bit for bit; prints the stages.
     Returns (figures for the metrics, the decoded model)."""
-    from utils.export import detached_copy
     sharing = WeightSharing(args.quantize_bits_conv, args.quantize_bits_fc)
     quantized = detached_copy(model)
     test = context.test

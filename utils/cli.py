@@ -165,6 +165,18 @@ def add_runtime_args(parser):
     add_threads_arg(group)
 
 
+def add_comparison_timing_args(parser, batch_size: int, samples: int, warmup: int, rounds: int = 5):
+    """The benchmarks' flags for timing two models in alternating rounds (medians)."""
+    parser.add_argument("--batch_size", type=positive_int, default=batch_size,
+                        help="images per pass for throughput")
+    parser.add_argument("--rounds", type=positive_int, default=rounds,
+                        help="alternating dense/compact rounds")
+    parser.add_argument("--samples", type=positive_int, default=samples,
+                        help="timed passes per round, after warm-up")
+    parser.add_argument("--warmup", type=non_negative_int, default=warmup,
+                        help="untimed passes before each round")
+
+
 def add_threads_arg(parser):
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="CPU threads torch may use (default: torch's choice, one per core); "

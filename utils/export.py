@@ -15,7 +15,6 @@ Both are written atomically next to the model's file, never over another file.
     python -m utils.export --load_folder_model=<checkpoint or .compressed file> --format onnx state_dict
 """
 import contextlib
-import copy
 import logging
 from pathlib import Path
 from typing import Dict
@@ -27,7 +26,7 @@ from torch.nn.utils import parametrize
 
 from utils.errors import UserError
 from utils.files import atomic_write, unused_path
-from utils.masks import make_permanent, masked_tensors
+from utils.masks import detached_copy, make_permanent
 
 FORMATS = ("onnx", "state_dict")
 TOLERANCE = 1e-4
@@ -51,15 +50,6 @@ def add_export_arg(parser) -> None:
 
 
 @torch.no_grad()
-def detached_copy(model: nn.Module) -> nn.Module:
-    """copy.deepcopy of a model whose masked weights may still hold the autograd graph of the
-    last training step (torch.nn.utils.prune caches ``weight = weight_orig * mask`` on the
-    module; deepcopy refuses non-leaf tensors): the cache is recomputed without it first."""
-    for _, module, tensor in masked_tensors(model):
-        setattr(module, tensor, getattr(module, tensor + "_orig") * getattr(module, tensor + "_mask"))
-    return copy.deepcopy(model)
-
-
 @torch.no_grad()
 def deployable(model: nn.Module) -> nn.Module:
     """A CPU copy in eval mode with every mask and parametrization made permanent."""

@@ -7,6 +7,7 @@ plain state_dict a checkpoint stores, and making masks permanent for inference.
 Pruned entries are stored and left as +0.0: ``orig * mask`` gives -0.0 where ``orig`` was
 negative, which a sign-blind comparison cannot tell from +0.0 but a file round trip would change.
 """
+import copy
 from typing import Dict, Iterator, Tuple
 
 import torch
@@ -61,6 +62,16 @@ def apply_masks(model: nn.Module, masks: Dict[str, torch.Tensor]) -> nn.Module:
                             f"{None if target is None else tuple(target.shape)}")
         prune.custom_from_mask(module, tensor, mask.to(device=target.device, dtype=target.dtype))
     return model
+
+
+def detached_copy(model: nn.Module) -> nn.Module:
+    """copy.deepcopy of a model whose masked weights may still hold the autograd graph of the
+    last training step (torch.nn.utils.prune caches ``weight = weight_orig * mask`` on the
+    module; deepcopy refuses non-leaf tensors): the cache is recomputed without it first."""
+    with torch.no_grad():
+        for _, module, tensor in masked_tensors(model):
+            setattr(module, tensor, getattr(module, tensor + _ORIG) * getattr(module, tensor + _MASK))
+    return copy.deepcopy(model)
 
 
 @torch.no_grad()
