@@ -5,7 +5,8 @@
         --load_folder_model=lenet_300_100_mnist_acc_0.9838_epoch_30
 
 With --load_folder_model it continues training that checkpoint (fine-tuning); a pruned one keeps
-its masks, so its pruned weights stay zero.
+its masks, so its pruned weights stay zero. Under torchrun --nproc_per_node=N it trains on N
+processes (DistributedDataParallel); --save_every and --resume make a long run resumable.
 """
 from utils.interrupts import quiet_interrupt
 
@@ -14,14 +15,15 @@ with quiet_interrupt():
     from pathlib import Path
 
     import models
-    from utils import checkpoints, cli
-    from utils.data import get_spec, held_out, load_dataset
+    from utils import checkpoints, cli, distributed
+    from utils.data import held_out
     from utils.errors import UserError
     from utils.masks import make_permanent
     from utils.reporting.console import format_timing, print_rows
     from utils.reporting.counting import count_parameters
     from utils.timing import inference_batch, time_inference
     from utils.training import TrainingSettings, evaluate, fit, seed_everything
+    from utils.training.runlog import check_tensorboard
 
 
 def get_args_parser():
@@ -31,6 +33,7 @@ def get_args_parser():
     parser.add_argument("--do_training", type=cli.str2bool, default=True,
                         help="False: only evaluate and time --load_folder_model")
     cli.add_validation_arg(parser)
+    cli.add_run_args(parser)
     parser.add_argument("--pretrained", action="store_true",
                         help="alexnet_imagenet only: start from torchvision's ImageNet weights")
     cli.add_runtime_args(parser)
@@ -47,14 +50,17 @@ def check_flags(args) -> bool:
     if args.pretrained and args.load_folder_model:
         raise UserError("--pretrained starts from torchvision's weights, --load_folder_model from a "
                         "checkpoint: give one of them")
+    if not trains and (args.save_every or args.tensorboard):
+        raise UserError("--save_every and --tensorboard log training; this run does not train")
+    if args.tensorboard:
+        check_tensorboard()
     return trains
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    args, run_flags, resumed = cli.parse_resumable(get_args_parser(), argv, "baseline")
     trains = check_flags(args)
-    cli.apply_threads(args.threads)
-    device = cli.resolve_device(args.device)
+    device = cli.start_runtime(args)
 
     loaded = None
     if args.load_folder_model:
@@ -63,7 +69,8 @@ def main(argv=None):
     cli.check_dirs(args, args.dataset, write_checkpoints=trains)
     settings = TrainingSettings.from_args(args)
     generator = seed_everything(args.seed)
-    spec = get_spec(args.dataset)
+    train, test, spec = cli.load_data(args, args.dataset, device,
+                                      loaded["config"]["input_shape"] if loaded else None)
     if loaded is not None:
         model = checkpoints.build_model(loaded, device)  # a pruned model keeps its masks
         print(f"loaded {loaded['path']} (widths {list(model.widths)}"
@@ -72,19 +79,16 @@ def main(argv=None):
         extra = {"pretrained": True} if args.pretrained else {}
         model = models.create_model(args.model, spec.input_shape, spec.num_classes, **extra).to(device)
 
-    train, test, spec = load_dataset(args.dataset, args.data_dir, device,
-                                     download=not args.no_download,
-                                     verify=not args.no_verify_data)
     validation = ({"fraction": args.val_split, "seed": args.seed} if args.val_split
                   else (loaded or {}).get("validation"))
     train, val = held_out(train, validation)
 
-    train_seconds, history = 0.0, []
+    train_seconds, history, run = 0.0, [], None
     if trains:
-        start = time.perf_counter()
+        run = cli.open_run("baseline", args, run_flags, f"{args.model}_{args.dataset}", resumed)
         history = fit(model, train, val or test, settings, augment=spec.augment,
-                      generator=generator, monitor_name="val" if val else "test")
-        train_seconds = time.perf_counter() - start
+                      generator=generator, monitor_name="val" if val else "test", run=run)
+        train_seconds = run.elapsed()
 
     accuracy = evaluate(model, test)["acc"]  # the test split, once
     params = count_parameters(model)
@@ -93,7 +97,7 @@ def main(argv=None):
     if val is not None:
         metrics["val_acc"] = evaluate(model, val)["acc"]
 
-    saved = None
+    saved = metrics_file = None
     if trains:  # saved before timing: a Ctrl-C while timing must not cost the trained model
         root_rate = checkpoints.root_learning_rate(loaded) if loaded else args.learning_rate
         checkpoint = checkpoints.make_checkpoint(
@@ -102,18 +106,22 @@ def main(argv=None):
             root_learning_rate=root_rate, validation=validation,
             **({"pruning": loaded["pruning"]} if loaded and loaded.get("pruning") else {}))
         name = checkpoints.checkpoint_name(args.model, args.dataset, accuracy, args.epochs)
-        saved = checkpoints.save_checkpoint(checkpoint, Path(args.checkpoint_dir) / name)
-        print(f"saved {saved}")
+        saved = distributed.on_main(lambda: checkpoints.save_checkpoint(
+            checkpoint, Path(args.checkpoint_dir) / name))
+        metrics_file = run.finish(saved)
+        print(f"saved {saved}" + (f" (per-epoch figures: {metrics_file})" if metrics_file else ""))
+    distributed.check_same_weights(model)
 
     make_permanent(model)  # time the plain model, without the masks' per-forward multiply
-    timing = time_inference(model, inference_batch(test, args.inference_batch_size),
-                            args.inference_sampling)
+    timing = distributed.on_main(lambda: time_inference(
+        model, inference_batch(test, args.inference_batch_size), args.inference_sampling))
     metrics["inference"] = timing
     if saved is not None:
-        checkpoints.update_metrics(checkpoint, saved, metrics)
+        distributed.on_main(lambda: checkpoints.update_metrics(checkpoint, saved, metrics))
 
     print_rows([
-        ("model", f"{args.model} on {args.dataset} ({device})"),
+        ("model", f"{args.model} on {args.dataset} ({device}"
+                  f"{f' x {distributed.world_size()} processes' if distributed.active() else ''})"),
         ("top-1 accuracy", f"{accuracy * 100:.2f}%"),
         ("parameters", f"{params['total']:,} total, {params['nonzero']:,} nonzero"),
         ("training time", f"{train_seconds:.1f} s" if history else "not trained"),

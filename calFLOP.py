@@ -57,7 +57,7 @@ def build_table(args) -> dict:
     if loaded is not None and args.act_images > 0 and is_sparse(model):
         _, test, _ = load_dataset(dataset, args.data_dir, download=not args.no_download,
                                   verify=not args.no_verify_data)
-        images = test.images[:args.act_images]
+        images = test.first_images(args.act_images)
 
     recorded = ((loaded or {}).get("pruning") or {}).get("original_widths")
     table = model_table(model, images, original_widths=recorded)

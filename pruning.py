@@ -5,26 +5,29 @@ measured speed, before and after.
     python pruning.py --load_folder_model=lenet_300_100_mnist_acc_0.9838_epoch_30 \
         --pruning_method=songhan --cut_rate=0.5 --epochs=10
 
-A checkpoint pruned before keeps its masks: pruning it again prunes further, never less.
+A checkpoint pruned before keeps its masks: pruning it again prunes further, never less. Under
+torchrun --nproc_per_node=N every process computes the same selection from the synchronised
+weights and retrains its share of each batch; --save_every and --resume make a run resumable.
 """
 from utils.interrupts import quiet_interrupt
 
 with quiet_interrupt():
     import os
-    import time
+    from functools import partial
     from pathlib import Path
 
     import pruners
     from pruners.quantization import add_compression_args, compress_and_export
     from pruners.base import DEFAULT_CUT_RATE, foreign_flags, parse_layer_rates
-    from utils import checkpoints, cli
-    from utils.data import held_out, load_dataset
+    from utils import checkpoints, cli, distributed
+    from utils.data import held_out
     from utils.errors import UserError
     from utils.masks import detached_copy, make_permanent
     from utils.reporting.console import format_timing, print_rows
     from utils.reporting.counting import FLOP_CONVENTION, count_parameters, layer_stats
     from utils.timing import compare_inference, inference_batch
     from utils.training import TrainingSettings, evaluate, seed_everything
+    from utils.training.runlog import check_tensorboard
 
 # A retraining rate a tenth of the baseline's, as Han et al. do for LeNet.
 RETRAIN_RATE_FACTOR = 0.1
@@ -60,6 +63,7 @@ def get_args_parser():
                 parser.method_groups[title] = (group, set())
             parser.method_groups[title][1].add(pruner_class.name)
     add_compression_args(parser)  # --quantize*, --export: pruners/quantization.py
+    cli.add_run_args(parser)
     cli.add_runtime_args(parser)
     return parser
 
@@ -68,7 +72,7 @@ def parse_args(argv=None):
     """Flags, checked together: another method's flags given to this one are an error, not
     silently ignored."""
     parser = get_args_parser()
-    args = parser.parse_args(argv)
+    args, run_flags, resumed = cli.parse_resumable(parser, argv, "pruning")
     if not args.load_folder_model:
         raise UserError("--load_folder_model is required: name the trained checkpoint to prune "
                         "(see checkpoints/)")
@@ -76,7 +80,9 @@ def parse_args(argv=None):
     if foreign:
         raise UserError(f"{', '.join(foreign)} do not apply to --pruning_method="
                         f"{args.pruning_method}; leave them out or choose the method they belong to")
-    return args
+    if args.tensorboard:
+        check_tensorboard()
+    return args, run_flags, resumed
 
 
 def measure(model, test, input_shape) -> dict:
@@ -158,10 +164,9 @@ def print_report(before: dict, after: dict, train_seconds: float, sizes: dict, s
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args, run_flags, resumed = parse_args(argv)
     pruner = pruners.create_pruner(args.pruning_method, args)  # checks the method's own flags
-    cli.apply_threads(args.threads)
-    device = cli.resolve_device(args.device)
+    device = cli.start_runtime(args)
 
     parent = checkpoints.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
                                          expect_model=args.model, expect_dataset=args.dataset)
@@ -174,22 +179,21 @@ def main(argv=None):
     model = checkpoints.build_model(parent, device)  # a pruned model keeps its masks
     pruner.check_model(model)  # rates, layer names, masks: refused before any training
     generator = seed_everything(args.seed)
-    train, test, spec = load_dataset(dataset, args.data_dir, device,
-                                     download=not args.no_download,
-                                     verify=not args.no_verify_data)
+    input_shape = tuple(parent["config"]["input_shape"])
+    train, test, spec = cli.load_data(args, dataset, device, input_shape)
     # The parent's validation images stay out of retraining too.
     train, val = held_out(train, parent.get("validation"))
-    input_shape = tuple(parent["config"]["input_shape"])
     print(f"pruning {parent['path']} with {args.pruning_method} "
           f"(retraining learning rate {args.learning_rate:g})")
 
     before = measure(model, test, input_shape)
     original = make_permanent(detached_copy(model))  # pruning works in place; kept to time against
+    run = cli.open_run("pruning", args, run_flags,
+                       f"{model_name}_{dataset}_{args.pruning_method}", resumed)
     context = pruners.PruneContext(train=train, test=test, settings=settings,
-                                   augment=spec.augment, generator=generator, val=val)
-    start = time.perf_counter()
+                                   augment=spec.augment, generator=generator, val=val, run=run)
     model = pruner.prune(model, context)
-    train_seconds = time.perf_counter() - start
+    train_seconds = run.elapsed()
     after = measure(model, test, input_shape)
 
     # Saved before timing: a Ctrl-C while timing must not cost the retrained model.
@@ -200,19 +204,28 @@ def main(argv=None):
         model, dataset, metrics, vars(args), parent=Path(parent["path"]).name,
         sparse=pruner.sparse_checkpoint, root_learning_rate=root_rate,
         validation=parent.get("validation"), pruning=pruner.metadata())
-    saved = checkpoints.save_checkpoint(checkpoint, Path(args.checkpoint_dir) / name)
+    saved = distributed.on_main(lambda: checkpoints.save_checkpoint(
+        checkpoint, Path(args.checkpoint_dir) / name))
     print(f"saved {saved}")
-    # Weight sharing, the compressed file and --export (pruners/quantization.py), on a copy.
-    metrics.update(compress_and_export(args, model, checkpoint, saved, context))
+    distributed.check_same_weights(model)
+    # Weight sharing, the compressed file and --export (pruners/quantization.py), on a copy;
+    # under torchrun rank 0 does them alone.
+    metrics.update(distributed.on_main(lambda: compress_and_export(args, model, checkpoint,
+                                                                   saved, context)))
+    metrics_file = run.finish(saved)
+    if metrics_file:
+        print(f"per-epoch figures: {metrics_file}")
 
     make_permanent(model)
-    speed = measure_speed(original, pruner.inference_model(model), test, args)
+    speed = distributed.on_main(partial(measure_speed, original, pruner.inference_model(model),
+                                        test, args))
     del original
     before.update(speed["before"])
     after.update(speed["after"])
-    checkpoints.update_metrics(checkpoint, saved, metrics)
+    distributed.on_main(lambda: checkpoints.update_metrics(checkpoint, saved, metrics))
 
-    sizes = {"before": os.path.getsize(parent["path"]), "after": os.path.getsize(saved)}
+    sizes = distributed.on_main(lambda: {"before": os.path.getsize(parent["path"]),
+                                         "after": os.path.getsize(saved)})
     claimed = (pruner.metadata().get("flops") or {}).get("paper_counting")
     print_report(before, after, train_seconds, sizes, saved, pruner.structured, claimed)
     return {**metrics, "sizes": sizes, "path": str(saved)}

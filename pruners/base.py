@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from utils.data import Split
 from utils.errors import UserError
-from utils.training import TrainingSettings, evaluate, fit
+from utils.training import TrainingRun, TrainingSettings, evaluate, fit
 
 
 @dataclass
@@ -31,6 +31,7 @@ class PruneContext:
     generator: Optional[torch.Generator] = None
     print_fn: Callable = print
     val: Optional[Split] = None
+    run: Optional[TrainingRun] = None  # resumable state and the per-epoch log (pruning.py's)
 
     @property
     def epochs(self) -> int:
@@ -52,17 +53,25 @@ class PruneContext:
 
     def retrain(self, model: nn.Module, epochs: Optional[int] = None,
                 after_step: Optional[Callable[[], None]] = None,
-                on_epoch_end: Optional[Callable[[int], None]] = None) -> list:
+                on_epoch_end: Optional[Callable[[int], None]] = None,
+                phase: str = "retrain") -> list:
         """Retrain ``model`` with a fresh optimizer over its current parameters (after
         torch.nn.utils.prune these are the weight_orig tensors behind the masks; after a physical
-        removal, the new smaller tensors)."""
+        removal, the new smaller tensors). ``phase`` names it in the run's log and resumable
+        state."""
         epochs = self.settings.epochs if epochs is None else epochs
         if epochs <= 0:
             return []
         return fit(model, self.train, self.monitor, self.settings, epochs=epochs,
                    augment=self.augment, generator=self.generator, after_step=after_step,
                    on_epoch_end=on_epoch_end, print_fn=self.print_fn,
-                   monitor_name=self.monitor_name)
+                   monitor_name=self.monitor_name, run=self.run, phase=phase)
+
+    def track(self, name: str, get: Callable, set: Callable) -> None:
+        """State a method changes during retraining besides the weights (a soft selection):
+        saved with a resumable run and restored when it resumes (TrainingRun.track)."""
+        if self.run is not None:
+            self.run.track(name, get, set)
 
 
 def check_rate(flag: str, value) -> float:

@@ -195,7 +195,7 @@ def quantize(model: nn.Module, context, sharing: WeightSharing, epochs: int,
     if learning_rate is not None:
         context = dataclasses.replace(context, settings=context.settings.replace(
             learning_rate=learning_rate))
-    history = context.retrain(model, epochs=epochs) if shared else []
+    history = context.retrain(model, epochs=epochs, phase="quantize") if shared else []
     sharing.finalize(model)
     return shared, acc_clustered, history
 
@@ -371,8 +371,8 @@ def compress_and_export(args, model: nn.Module, checkpoint: dict, saved, context
         results["compression"], final = compress(model, checkpoint, saved, context, args, print_fn)
     formats = getattr(args, "export", None)
     if formats:
-        from utils.export import export_model
+        from utils.export import COMPARE_IMAGES, export_model
         stem = saved.with_name(saved.stem + ("_quantized" if final is not None else ""))
         results["export"] = export_model(final if final is not None else model, stem, formats,
-                                         context.test.images, print_fn)
+                                         context.test.first_images(COMPARE_IMAGES), print_fn)
     return results

@@ -397,7 +397,7 @@ class SongHanPruner(Pruner):
             context.print_fn(f"round {step}/{self.rounds}: {pruned:,} of {total:,} prunable "
                              f"entries pruned ({pruned / max(total, 1):.2%}), {context.monitor_name} acc "
                              f"{pruned_acc:.4f} before retraining {context.epochs} epochs")
-            history = context.retrain(model)
+            history = context.retrain(model, phase=f"round {step}")
             self._record["rounds"].append({"round": step, "pruned": pruned,
                                            "sparsity": pruned / max(total, 1),
                                            "acc_pruned": pruned_acc,

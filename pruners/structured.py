@@ -296,11 +296,20 @@ class StructuredPruner(Pruner):
 
     # -- the method ------------------------------------------------------------------------
 
+    def _selection_state(self) -> dict:
+        return {"selection": {name: index.cpu() for name, index in self.selection.items()},
+                "epoch_log": list(self.epoch_log)}
+
+    def _set_selection_state(self, state: dict) -> None:
+        self.selection = dict(state["selection"])
+        self.epoch_log = list(state["epoch_log"])
+
     def train_masked(self, model: nn.Module, context: PruneContext) -> Dict[str, torch.Tensor]:
         """Soft- or fixed-prune ``model`` in place while retraining; returns the final selection
         (its channels are zero in ``model``)."""
         groups = self.prunable_groups(model)
         self.selection, self.epoch_log = {}, []
+        context.track("selection", self._selection_state, self._set_selection_state)
         print_fn = context.print_fn
         if self.mode == "fixed":
             # torch.nn.utils.prune masks: the forward uses weight_orig x mask, so the pruned
@@ -310,14 +319,15 @@ class StructuredPruner(Pruner):
             zero_channels(model, self.graph, sets)
             apply_masks(model, channel_masks(model, self.graph, sets))
             try:
-                context.retrain(model)
+                context.retrain(model, phase="fixed")
             finally:
                 make_permanent(model)
         else:
             # The soft schedule: train an epoch, then select and zero; no zeroing before the
             # first epoch, so the optimizer holds state for every filter when it starts.
-            context.retrain(model, on_epoch_end=lambda epoch: self.soft_step(model, groups, epoch,
-                                                                              print_fn))
+            context.retrain(model, phase="soft",
+                            on_epoch_end=lambda epoch: self.soft_step(model, groups, epoch,
+                                                                      print_fn))
             if not self.epoch_log:  # --epochs=0: prune the trained weights once
                 self.soft_step(model, groups, 0, print_fn)
         return self.selection
@@ -333,7 +343,7 @@ class StructuredPruner(Pruner):
         self.flops = {"dense": sum(s.flops for s in dense_flops),
                       "compact": sum(s.flops for s in layer_stats(small, small.input_shape)),
                       "paper_counting": paper_counted_flops(self.graph, dense_flops, self.rate)}
-        self.compact_difference = self._max_difference(model, small, context.test.images[:256])
+        self.compact_difference = self._max_difference(model, small, context.test.first_images(256))
         context.print_fn(f"{self.name}: widths {self.original_widths} -> {self.widths} "
                          f"({self.mode} mode, {self.describe_criterion()}); compact vs "
                          f"masked model: max |logit difference| {self.compact_difference:.2e} "
@@ -342,7 +352,8 @@ class StructuredPruner(Pruner):
             # New, smaller parameters: retrain builds a new optimizer over them.
             context.print_fn(f"{self.name}: fine-tuning the compact model for "
                              f"{self.finetune_epochs} epochs")
-            self.finetune_log = context.retrain(small, epochs=self.finetune_epochs)
+            self.finetune_log = context.retrain(small, epochs=self.finetune_epochs,
+                                                phase="finetune")
             self.finetune_acc = context.accuracy(small, self.finetune_log)
         return small
 

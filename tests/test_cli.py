@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 
 import baseline
@@ -63,7 +65,7 @@ def no_training(monkeypatch):
     def refuse(*_, **__):
         raise AssertionError("training started before the flags were checked")
     monkeypatch.setattr(baseline, "fit", refuse)
-    monkeypatch.setattr(baseline, "load_dataset", refuse)
+    monkeypatch.setattr(baseline.cli, "load_data", refuse)
 
 
 def test_a_checkpoint_dir_that_is_a_file_is_refused_before_training(mnist_dir, tmp_path, capsys,
@@ -159,4 +161,6 @@ def test_the_timed_figures_are_added_to_the_saved_file(mnist_dir, tmp_path):
     assert code == 0
     saved = checkpoints.load_checkpoint(metrics["path"])
     assert saved["metrics"]["inference"]["samples"] == 2
-    assert len(list(tmp_path.iterdir())) == 1  # updated in place, no temporary files left
+    # updated in place, no temporary files left; beside it only the run's metrics file
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [Path(metrics["path"]).name, Path(metrics["path"]).stem + ".metrics.jsonl"])

@@ -22,7 +22,7 @@ from utils.data import BatchLoader, Split, datasets, load_dataset, offline, rand
 from utils.data.safe_pickle import _frombuffer, _reconstruct, load_numpy_pickle
 from utils.errors import UserError
 
-ALL = datasets.dataset_names()
+ALL = sorted(datasets.DATASETS)  # the file datasets (folder ones: test_folders.py)
 IDX_DATASETS = ("mnist", "fashion_mnist")
 
 

@@ -176,13 +176,14 @@ class RecordingContext(PruneContext):
     """Retrains as usual and checks, after every optimizer step, what a test asks for."""
     check_step = None
 
-    def retrain(self, model, epochs=None, after_step=None, on_epoch_end=None):
+    def retrain(self, model, epochs=None, after_step=None, on_epoch_end=None, phase="retrain"):
         def step():
             if after_step is not None:
                 after_step()
             if self.check_step is not None:
                 self.check_step(model)
-        return super().retrain(model, epochs, after_step=step, on_epoch_end=on_epoch_end)
+        return super().retrain(model, epochs, after_step=step, on_epoch_end=on_epoch_end,
+                               phase=phase)
 
 
 def tiny_context(mnist_dir, epochs):

@@ -309,7 +309,8 @@ def test_sparse_checkpoint_round_trip_is_exact_and_small(tmp_path):
 # ---------------------------------------------------------------- pruning.py end to end
 
 def _listing(folder):
-    return sorted(p.name for p in folder.iterdir())
+    """Checkpoints and anything else, but each run's metrics file (.metrics.jsonl)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".metrics.jsonl"))
 
 
 def test_pruning_script_end_to_end(trained_checkpoint):

@@ -7,12 +7,13 @@ import argparse
 import logging
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 import models
-from utils import data, training
+from utils import data, distributed, training
 from utils.errors import UserError
 from utils.files import check_writable_dir
 
@@ -112,18 +113,53 @@ def add_model_args(parser, from_checkpoint: bool = False):
         parser.add_argument("--model", choices=models.model_names(), required=True,
                             help="architecture to build")
         parser.add_argument("--dataset", choices=data.dataset_names(), default="mnist",
-                            help="dataset (decides input shape and classes)")
+                            help="dataset (decides input shape and classes); folder: any "
+                                 "--data_dir with train/ and val/ folders of class sub-folders, "
+                                 "imagenet: ILSVRC-2012 in that layout")
     parser.add_argument("--data_dir", default="./data", help="where datasets live or are downloaded to")
     parser.add_argument("--no_download", action="store_true",
                         help="never try dataset hosts; use files in --data_dir or the offline copies")
     parser.add_argument("--no_verify_data", action="store_true",
                         help="use dataset files that differ from the official ones (your own data "
                              "in the same format); by default they must match the official MD5s")
+    add_data_loading_args(parser)
     parser.add_argument("--checkpoint_dir", default="checkpoints",
                         help="where checkpoints are written; a --load_folder_model name is looked "
                              "up here and in checkpoints/")
     parser.add_argument("--load_folder_model", default=None,
                         help="checkpoint name in --checkpoint_dir (with or without .pt) or a path")
+
+
+def add_data_loading_args(parser):
+    group = parser.add_argument_group("data loading")
+    group.add_argument("--data_loader", choices=data.DATA_LOADERS, default="auto",
+                       help="tensor: each split held as one tensor on the device, batches sliced "
+                            "(7x less overhead than a DataLoader for the small datasets); stream: "
+                            "images read and transformed one by one in --workers processes (for "
+                            "data that does not fit); auto: tensors when both splits fit in half "
+                            "the free memory, folder datasets always stream")
+    group.add_argument("--workers", type=non_negative_int, default=2,
+                       help="DataLoader processes decoding images when streaming (0: in the "
+                            "training process)")
+    group.add_argument("--image_size", type=int_in(8, 4096), default=None,
+                       help="folder datasets: the square input size (default 224, ImageNet's: "
+                            "random resized crops for training, resize to 256/224 of it and "
+                            "centre crop for evaluation)")
+
+
+def load_data(args, dataset: str, device, input_shape=None):
+    """(train, test, spec) as the data flags ask; ``input_shape`` (a checkpoint's) fixes a
+    folder dataset's image size, which must then not be given differently."""
+    image_size = args.image_size
+    if input_shape is not None and dataset in data.FOLDER_DATASETS:
+        size = int(input_shape[-1])
+        if image_size is not None and image_size != size:
+            raise UserError(f"--image_size={image_size} but the checkpoint's model takes {size}x"
+                            f"{size} images; leave --image_size out")
+        image_size = size
+    return data.load_dataset(dataset, args.data_dir, device, download=not args.no_download,
+                             verify=not args.no_verify_data, loader=args.data_loader,
+                             workers=args.workers, image_size=image_size)
 
 
 def add_training_args(parser, epochs: int, learning_rate, learning_rate_help="learning rate"):
@@ -142,6 +178,90 @@ def add_training_args(parser, epochs: int, learning_rate, learning_rate_help="le
     group.add_argument("--seed", type=int_in(0, MAX_SEED), default=0,
                        help="seed for initialisation, batch order, augmentation and dropout")
     group.add_argument("--no_progress", action="store_true", help="hide the per-epoch progress bars")
+
+
+def add_run_args(parser):
+    """Resumable runs, run logs and distributed training: the flags of scripts that train."""
+    group = parser.add_argument_group("resumable runs, logs and distributed training")
+    group.add_argument("--save_every", type=non_negative_int, default=0,
+                       help="write a resumable state (model, optimizer, schedule, epoch, random "
+                            "states, pruning state) every N epochs and at the end of each "
+                            "training phase, to <checkpoint_dir>/<run>.resume.pt; 0: never")
+    group.add_argument("--resume", default=None, metavar="PATH",
+                       help="continue the run that wrote this resumable state, with the flags "
+                            "it was started with (only " + ", ".join(RESUME_OVERRIDES) + " may "
+                            "be given again); it ends with exactly the weights the uninterrupted "
+                            "run would have (same seed, same device)")
+    group.add_argument("--tensorboard", default=None, metavar="DIR",
+                       help="also write the per-epoch figures of the metrics file (always "
+                            "written next to the checkpoint) as TensorBoard scalars into DIR")
+    group.add_argument("--sync_bn", action="store_true",
+                       help="under torchrun on GPUs: BatchNorm statistics over all processes' "
+                            "batches (SyncBatchNorm) instead of each process's own")
+
+
+# What may change when a run is resumed: where and how it runs, never what it computes.
+RESUME_OVERRIDES = ("--threads", "--device", "--no_progress", "--workers", "--data_dir",
+                    "--save_every", "--tensorboard")
+
+
+def _given_flags(argv) -> list:
+    return [token.split("=", 1)[0] for token in argv if token.startswith("--")]
+
+
+def _without_resume(argv) -> tuple:
+    """(the --resume value or None, argv without it)."""
+    value, rest, tokens = None, [], iter(argv)
+    for token in tokens:
+        if token == "--resume":
+            value = next(tokens, None)
+        elif token.startswith("--resume="):
+            value = token.split("=", 1)[1]
+        else:
+            rest.append(token)
+    return value, rest
+
+
+def parse_resumable(parser, argv, script: str):
+    """(args, the run's flags, the resumed state or None). With --resume the flags are the
+    interrupted run's own, plus any of RESUME_OVERRIDES given now."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    resume, rest = _without_resume(argv)
+    if resume is None:
+        return parser.parse_args(argv), argv, None
+    if not resume:
+        raise UserError("--resume needs the path of a resumable state (<run>.resume.pt)")
+    extra = [flag for flag in _given_flags(rest) if flag not in RESUME_OVERRIDES]
+    if extra:
+        raise UserError(f"--resume continues the run with the flags it was started with; leave "
+                        f"out {', '.join(dict.fromkeys(extra))}")
+    state = training.load_state(resume)
+    if state["script"] != script:
+        raise UserError(f"--resume={resume} is a {state['script']}.py run; resume it with "
+                        f"python {state['script']}.py --resume={resume}")
+    args = parser.parse_args(list(state["args"]) + rest)
+    args.resume = resume
+    return args, list(state["args"]), state
+
+
+def open_run(script: str, args, argv, stem: str, resumed=None) -> "training.TrainingRun":
+    """The TrainingRun of a script that trains: its metrics file next to the checkpoints (and
+    TensorBoard when asked), its resumable state when --save_every or --resume asks."""
+    from utils.training.runlog import RunLog
+    if resumed is not None:
+        stem = resumed["stem"]
+    else:  # rank 0's clock names the run on every rank
+        stem = distributed.broadcast_object(f"{stem}_{time.strftime('%Y%m%d-%H%M%S')}")
+    folder = Path(args.checkpoint_dir)
+    state_path = Path(args.resume) if resumed is not None else (
+        folder / f"{stem}.resume.pt" if args.save_every else None)
+    log = None
+    if distributed.is_main():
+        folder.mkdir(parents=True, exist_ok=True)
+        log = RunLog(folder / f"{stem}.metrics.jsonl", args.tensorboard,
+                     keep_rows=resumed["log_rows"] if resumed is not None else None)
+    return training.TrainingRun(script, list(argv), state_path, args.save_every, resumed, log,
+                                stem=stem)
 
 
 def add_validation_arg(parser):
@@ -194,7 +314,11 @@ def check_dirs(args, dataset: str, write_checkpoints: bool = True) -> None:
     data_dir = Path(args.data_dir)
     if data_dir.exists() and not data_dir.is_dir():
         raise UserError(f"--data_dir={data_dir} is a file, not a folder; give a folder")
-    if not data.get_spec(dataset).is_present(data_dir):
+    if dataset in data.FOLDER_DATASETS:
+        data.folder_spec(dataset, data_dir, args.image_size or 224)  # present, same classes
+    elif args.image_size is not None:
+        raise UserError(f"--image_size applies to the folder datasets, not to {dataset}")
+    elif not data.get_spec(dataset).is_present(data_dir):
         check_writable_dir(data_dir, "--data_dir")
     if write_checkpoints:
         check_writable_dir(args.checkpoint_dir, "--checkpoint_dir")
@@ -208,14 +332,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def start_runtime(args) -> torch.device:
+    """Threads, then the device: this rank's, joining the process group when torchrun
+    launched the script (utils.distributed)."""
+    apply_threads(args.threads)
+    return distributed.start(args.device)
+
+
 def run(main):
-    """Call main(); a UserError becomes 'error: ...' on stderr and exit code 2."""
+    """Call main(); a UserError becomes 'error: ...' on stderr and exit code 2 (prefixed with
+    the rank on other ranks of a distributed run)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         main()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{distributed.error_prefix()}error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    finally:
+        distributed.stop()

@@ -231,7 +231,7 @@ def main(argv=None) -> dict:
     if "onnx" in args.format:
         _, test, _ = load_dataset(loaded["dataset"], args.data_dir, download=not args.no_download,
                                   verify=not args.no_verify_data)
-        images = test.images[:COMPARE_IMAGES]
+        images = test.first_images(COMPARE_IMAGES)
     source = Path(loaded["path"])
     stem = source.with_name(source.name.removesuffix(".pt").removesuffix(SUFFIX))
     return export_model(model, stem, args.format, images)

@@ -63,7 +63,7 @@ def compare_inference(models: Dict[str, torch.nn.Module], images: torch.Tensor, 
 
 def inference_batch(split, batch_size: int) -> torch.Tensor:
     """The first ``batch_size`` test images (repeated if the split is smaller)."""
-    images = split.images
+    images = split.first_images(batch_size)
     while len(images) < batch_size:
-        images = torch.cat([images, split.images])
+        images = torch.cat([images, images])
     return images[:batch_size]

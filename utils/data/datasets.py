@@ -26,10 +26,13 @@ import numpy as np
 import torch
 import torchvision
 
+from utils import distributed
 from utils.data import offline
+from utils.data.folders import DEFAULT_IMAGE_SIZE, FOLDER_DATASETS, folder_spec, load_folders
 from utils.data.loader import Split
 from utils.data.offline import OfflineCopy, one_line
 from utils.data.safe_pickle import load_numpy_pickle
+from utils.data.stream import ArrayImages, StreamSplit, array_transforms
 from utils.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -190,10 +193,14 @@ DATASETS: Dict[str, DatasetSpec] = {
 
 
 def dataset_names():
-    return sorted(DATASETS)
+    return sorted(DATASETS) + list(FOLDER_DATASETS)
 
 
 def get_spec(name: str) -> DatasetSpec:
+    """The spec of a file dataset (a folder dataset's comes from its folders: folder_spec)."""
+    if name in FOLDER_DATASETS:
+        raise UserError(f"{name} is a folder dataset: its classes come from --data_dir "
+                        "(utils.data.folders.folder_spec)")
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
     return DATASETS[name]
@@ -352,27 +359,74 @@ def _to_tensor(data: np.ndarray, spec: DatasetSpec) -> torch.Tensor:
     return ((images - mean) / std).contiguous()
 
 
-def _read_split(spec: DatasetSpec, data_dir: Path, split: str, files: Sequence[str]) -> Split:
+def _read_split(spec: DatasetSpec, data_dir: Path, split: str,
+                files: Sequence[str]) -> Tuple[np.ndarray, np.ndarray]:
+    """(uint8 images as the files hold them, int64 labels), checked."""
     parts = spec.read(data_dir / spec.folder, files)
     for part in parts:
         _check_part(spec, split, part)
     images = np.concatenate([part.images for part in parts])
     labels = np.concatenate([part.labels for part in parts]).astype(np.int64)
-    return Split(_to_tensor(images, spec), torch.from_numpy(labels))
+    return images, labels
+
+
+DATA_LOADERS = ("auto", "tensor", "stream")
+
+
+def _available_memory(device: torch.device) -> Optional[int]:
+    """Bytes free on ``device`` now (None when the platform does not say)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def fits_as_tensors(images: int, spec, device: torch.device) -> bool:
+    """Whether ``images`` float32 images of ``spec`` (times the processes on this machine) fit
+    in half of what ``device`` has free: the rest is for the model, its activations and the
+    transient copies made while normalising."""
+    needed = images * math.prod(spec.input_shape) * 4 * int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    free = _available_memory(device)
+    return free is None or needed < free / 2
 
 
 def load_dataset(name: str, data_dir="./data", device="cpu", download: bool = True,
-                 verify: bool = True) -> Tuple[Split, Split, DatasetSpec]:
-    """(train, test, spec) with both splits as tensors on ``device``. ``download``: torchvision
-    may fetch missing files (--no_download turns it off). ``verify``: files already in
-    ``data_dir`` must match the official MD5s (--no_verify_data turns it off, for one's own data
-    in the same format); their contents are checked either way."""
+                 verify: bool = True, loader: str = "auto", workers: int = 0,
+                 image_size: Optional[int] = None):
+    """(train, test, spec) on ``device``: Splits of tensors (``loader="tensor"``), StreamSplits
+    read image by image (``"stream"``), or tensors when they fit (``"auto"``). Folder datasets
+    (folders.py) always stream; ``image_size`` is their square input size. ``download``:
+    torchvision may fetch missing files (--no_download turns it off). ``verify``: files already
+    in ``data_dir`` must match the official MD5s (--no_verify_data turns it off, for one's own
+    data in the same format); their contents are checked either way."""
+    device = torch.device(device)
+    if loader not in DATA_LOADERS:
+        raise UserError(f"unknown data loader {loader!r}; choose one of: {', '.join(DATA_LOADERS)}")
+    if name in FOLDER_DATASETS:
+        if loader == "tensor":
+            raise UserError(f"--data_loader=tensor would decode all of {name} into memory; "
+                            "folder datasets stream (leave --data_loader at auto)")
+        spec = folder_spec(name, data_dir, image_size or DEFAULT_IMAGE_SIZE)
+        train, test = load_folders(spec, data_dir, device, workers)
+        return train, test, spec
+    if image_size is not None:
+        raise UserError(f"--image_size applies to folder datasets; {name} images are "
+                        f"{'x'.join(map(str, get_spec(name).input_shape[1:]))}")
     spec, data_dir = get_spec(name), Path(data_dir)
     try:
-        _ensure_files(spec, data_dir, download, verify)
+        with distributed.main_first():  # one rank fetches the files, the others then read them
+            _ensure_files(spec, data_dir, download, verify)
         train = _read_split(spec, data_dir, "train", spec.train_files)
         test = _read_split(spec, data_dir, "test", spec.test_files)
     except DataFileError as exc:
         raise UserError(f"{exc}; {_how_to_replace(spec, download, exc.paths, fixable=True)}"
                         ) from None
-    return train.to(device), test.to(device), spec
+    if loader == "tensor" or (loader == "auto" and
+                              fits_as_tensors(len(train[1]) + len(test[1]), spec, device)):
+        return (Split(_to_tensor(train[0], spec), torch.from_numpy(train[1])).to(device),
+                Split(_to_tensor(test[0], spec), torch.from_numpy(test[1])).to(device), spec)
+    training, evaluation = array_transforms(spec.input_shape, spec.mean, spec.std, spec.augment)
+    return tuple(StreamSplit(ArrayImages(*part), training, evaluation, device=device,
+                             workers=workers) for part in (train, test)) + (spec,)

@@ -1,4 +1,6 @@
-"""Batches sliced from whole-split tensors: the fast path for datasets that fit on the device.
+"""Batches sliced from whole-split tensors: the fast path for datasets that fit on the device
+(stream.py reads the others image by image). Both cut an epoch into ranks' shares the same way
+(shard_batches).
 
 Per-sample DataLoader iteration with PIL transforms costs about 7x the model's own work for
 LeNet-300-100 on a 2-core CPU; holding a split as one normalised tensor, shuffling with a
@@ -11,6 +13,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from utils import distributed
 from utils.errors import UserError
 
 
@@ -33,6 +36,18 @@ class Split:
         index = index.to(self.labels.device)
         return Split(self.images[index], self.labels[index])
 
+    @property
+    def device(self) -> torch.device:
+        return self.labels.device
+
+    def first_images(self, count: int) -> torch.Tensor:
+        return self.images[:count]
+
+    def batches(self, batch_size: int, shuffle: bool = False, augment: bool = False,
+                generator: Optional[torch.Generator] = None) -> "BatchLoader":
+        """This rank's batches (see BatchLoader); StreamSplit has the same method."""
+        return BatchLoader(self, batch_size, shuffle, augment, generator)
+
 
 def split_validation(split: Split, fraction: float, seed: int) -> Tuple[Split, Split]:
     """(rest, validation): ``fraction`` of ``split`` held out, chosen by a generator of its own
@@ -50,17 +65,25 @@ def split_validation(split: Split, fraction: float, seed: int) -> Tuple[Split, S
     return split.take(torch.nonzero(~held).flatten()), split.take(torch.nonzero(held).flatten())
 
 
-def random_crop_flip(images: torch.Tensor, padding: int = 4,
-                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Random crop of the zero-padded batch back to its size, and a horizontal flip for half
-    the images, each image drawing its own offsets: torchvision's RandomCrop(padding=4) and
-    RandomHorizontalFlip, done for the whole batch as one gather over flattened pixel indices
-    (4x faster here than indexing with four broadcast index tensors)."""
+def crop_flip_draws(count: int, padding: int = 4, generator: Optional[torch.Generator] = None
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each image's crop offsets (dy, dx) and whether it is flipped: drawn for a whole global
+    batch, so every rank of a distributed run draws the same numbers and takes its own slice."""
+    dy, dx = torch.randint(0, 2 * padding + 1, (2, count), generator=generator)
+    flip = torch.rand(count, generator=generator) < 0.5
+    return dy, dx, flip
+
+
+def crop_flip(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor,
+              padding: int = 4) -> torch.Tensor:
+    """Crop of the zero-padded batch at the given offsets back to its size, flipped where
+    ``flip``: torchvision's RandomCrop(padding=4) and RandomHorizontalFlip for the whole batch as
+    one gather over flattened pixel indices (4x faster here than indexing with four broadcast
+    index tensors)."""
     n, c, h, w = images.shape
     padded = F.pad(images, (padding,) * 4)
     padded_width = w + 2 * padding
-    dy, dx = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(images.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    dy, dx, flip = (t.to(images.device) for t in (dy, dx, flip))
     cols = torch.arange(w, device=images.device).expand(n, w)
     cols = torch.where(flip[:, None], cols.flip(1), cols) + dx[:, None]
     rows = torch.arange(h, device=images.device)[None, :] + dy[:, None]
@@ -68,13 +91,53 @@ def random_crop_flip(images: torch.Tensor, padding: int = 4,
     return padded.view(n, c, -1).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
 
 
+def random_crop_flip(images: torch.Tensor, padding: int = 4,
+                     generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """crop_flip with offsets and flips drawn for this batch."""
+    return crop_flip(images, *crop_flip_draws(len(images), padding, generator), padding)
+
+
+def shard_batches(count: int, batch_size: int, shuffle: bool = False,
+                  generator: Optional[torch.Generator] = None
+                  ) -> Iterator[Tuple[torch.Tensor, torch.Tensor, slice]]:
+    """This rank's training batches, for tensors and streams alike: (global batch's indices,
+    this rank's indices, this rank's slice of the global batch).
+
+    One permutation per epoch from ``generator`` (the same on every rank), cut into global
+    batches of ``batch_size`` x world size; each rank takes its equal share of each. So N
+    processes with batch B see, step by step, the images one process with batch N x B sees, and
+    averaging their gradients (DistributedDataParallel) gives that process's gradient. A last
+    global batch not divisible by the world size loses its remainder (fewer than N images), so
+    every rank takes the same number of steps of equal size."""
+    world, me = distributed.world_size(), distributed.rank()
+    order = (torch.randperm(count, generator=generator) if shuffle
+             else torch.arange(count))
+    step = batch_size * world
+    for start in range(0, count, step):
+        chunk = order[start:start + step]
+        share = len(chunk) // world
+        if share == 0:
+            return
+        chunk = chunk[:share * world]
+        mine = slice(me * share, (me + 1) * share)
+        yield chunk, chunk[mine], mine
+
+
+def eval_shard(count: int) -> range:
+    """This rank's contiguous share of an evaluated split (all of it in one process); sums over
+    the shards are all-reduced, so every image counts exactly once."""
+    world, me = distributed.world_size(), distributed.rank()
+    return range(count * me // world, count * (me + 1) // world)
+
+
 class BatchLoader:
-    """Yields (images, labels) batches sliced from a Split: a fresh permutation each epoch when
-    shuffling, optional batch-wise augmentation. The permutation comes from a CPU generator so a
-    seed gives the same order on every device."""
+    """Yields (images, labels) batches sliced from a Split: this rank's share of a fresh
+    permutation each epoch when shuffling (shard_batches), optional batch-wise augmentation, or,
+    for evaluation, this rank's share of the split in order. The permutation comes from a CPU
+    generator so a seed gives the same order on every device."""
 
     def __init__(self, split: Split, batch_size: int, shuffle: bool = False, augment: bool = False,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None, shard: bool = True):
         if batch_size < 1:
             raise UserError(f"batch size must be positive, got {batch_size}")
         self.split = split
@@ -82,23 +145,37 @@ class BatchLoader:
         self.shuffle = shuffle
         self.augment = augment
         self.generator = generator
+        self.training = shuffle or augment
+        self.shard = shard
+
+    def _positions(self) -> range:
+        return eval_shard(len(self.split)) if self.shard else range(len(self.split))
 
     def __len__(self):
-        return (len(self.split) + self.batch_size - 1) // self.batch_size
+        if self.training:
+            step = self.batch_size * distributed.world_size()
+            full, rest = divmod(len(self.split), step)
+            return full + (rest >= distributed.world_size())
+        return (len(self._positions()) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         images, labels = self.split.images, self.split.labels
-        order = None
-        if self.shuffle:
-            order = torch.randperm(len(labels), generator=self.generator).to(labels.device)
-        for start in range(0, len(labels), self.batch_size):
-            if order is None:
-                x, y = images[start:start + self.batch_size], labels[start:start + self.batch_size]
+        if not self.training:
+            positions = self._positions()
+            for start in range(positions.start, positions.stop, self.batch_size):
+                end = min(start + self.batch_size, positions.stop)
+                yield images[start:end], labels[start:end]
+            return
+        for chunk, mine, part in shard_batches(len(labels), self.batch_size, self.shuffle,
+                                               self.generator):
+            if not self.shuffle and distributed.world_size() == 1:
+                x, y = images[mine[0]:mine[-1] + 1], labels[mine[0]:mine[-1] + 1]
             else:  # gather batch by batch: no second copy of the whole split per epoch
-                index = order[start:start + self.batch_size]
+                index = mine.to(labels.device)
                 x, y = images[index], labels[index]
             if self.augment:
-                x = random_crop_flip(x, generator=self.generator)
+                dy, dx, flip = crop_flip_draws(len(chunk), generator=self.generator)
+                x = crop_flip(x, dy[part], dx[part], flip[part])
             yield x, y
 
 

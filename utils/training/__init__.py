@@ -1,6 +1,7 @@
 """Training: the settings object, optimizers and schedules, and the one loop every script and
 pruner trains through."""
 from utils.training.loop import (TrainingDiverged, evaluate, fit, seed_everything,  # noqa: F401
-                                 train_one_epoch)
+                                 train_one_epoch, unwrapped)
+from utils.training.run import TrainingRun, load_state  # noqa: F401
 from utils.training.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_scheduler  # noqa: F401
 from utils.training.settings import TrainingSettings  # noqa: F401

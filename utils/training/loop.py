@@ -1,5 +1,7 @@
 """The one training loop: train_one_epoch, evaluate, fit. baseline.py and pruning.py both use it;
-pruners hook in through ``after_step`` (after every optimizer step) and ``on_epoch_end``."""
+pruners hook in through ``after_step`` (after every optimizer step) and ``on_epoch_end``. The
+same code runs in one process and under torchrun (utils.distributed): batches are each rank's
+share (the data loaders shard them), figures are sums over ranks."""
 import logging
 import math
 import time
@@ -8,9 +10,10 @@ from typing import Callable, List, Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from utils.data import BatchLoader, Split
+from utils import distributed
 from utils.errors import UserError
 from utils.modes import eval_mode
 from utils.training.settings import TrainingSettings
@@ -27,17 +30,27 @@ def _check_finite(loss_value: float, epoch: int, step: int):
                                "lower --learning_rate; nothing was saved")
 
 
-def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.optim.Optimizer,
+def _reduced(*values) -> List[float]:
+    """Sums over all ranks of the given device scalars (themselves in one process)."""
+    return distributed.all_reduce_sum(torch.stack([v.double() for v in values])).tolist()
+
+
+def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
                     epoch: int = 1, after_step: Optional[Callable[[], None]] = None,
                     progress: bool = True, check_every: int = 20) -> dict:
-    """One pass over ``loader``. Losses are summed on the device and read back every
-    ``check_every`` steps, so a GPU is not synchronised on every step."""
+    """One pass over ``loader`` (this rank's batches). Losses are summed on the device and read
+    back every ``check_every`` steps, so a GPU is not synchronised on every step; in a
+    distributed run those checks and the epoch's figures are sums over all ranks, so every rank
+    sees the same loss (and stops together if it diverges)."""
     model.train()
-    loss_sum = torch.zeros((), device=loader.split.labels.device)
-    correct = torch.zeros((), dtype=torch.long, device=loss_sum.device)
-    seen = 0
+    device = next(model.parameters()).device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = torch.zeros((), dtype=torch.long, device=device)
     start = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None if progress else True, unit="batch")
+    bar = tqdm(loader, desc=f"epoch {epoch}", leave=False,
+               disable=None if progress and distributed.is_main() else True, unit="batch")
+    totals = [0.0, 0.0, 0.0]
     for step, (images, labels) in enumerate(bar, 1):
         logits = model(images)
         loss = F.cross_entropy(logits, labels)
@@ -50,61 +63,133 @@ def train_one_epoch(model: nn.Module, loader: BatchLoader, optimizer: torch.opti
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
         if step % check_every == 0 or step == len(loader):
-            mean_loss = loss_sum.item() / seen
+            totals = _reduced(loss_sum, correct, seen)
+            mean_loss = totals[0] / max(totals[2], 1)
             _check_finite(mean_loss, epoch, step)
             bar.set_postfix(loss=f"{mean_loss:.4f}",
-                            img_s=f"{seen / (time.perf_counter() - start):.0f}")
+                            img_s=f"{totals[2] / (time.perf_counter() - start):.0f}")
     seconds = time.perf_counter() - start
-    return {"loss": loss_sum.item() / max(seen, 1), "train_acc": correct.item() / max(seen, 1),
-            "seconds": seconds, "images_per_s": seen / seconds if seconds else 0.0}
+    loss_total, correct_total, seen_total = totals
+    return {"loss": loss_total / max(seen_total, 1), "train_acc": correct_total / max(seen_total, 1),
+            "seconds": seconds, "images_per_s": seen_total / seconds if seconds else 0.0}
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, split: Split, batch_size: int = 1000) -> dict:
-    """Top-1 accuracy and mean loss over a whole split, in eval mode."""
-    loss_sum, correct = 0.0, 0
+def evaluate(model: nn.Module, split, batch_size: int = 1000) -> dict:
+    """Top-1 accuracy and mean loss over a whole split, in eval mode; in a distributed run each
+    rank evaluates its share and the sums are reduced, so all ranks report the same figures."""
+    model = unwrapped(model)
+    sums = torch.zeros(3, dtype=torch.float64, device=split.device)
     with eval_mode(model):
-        for images, labels in BatchLoader(split, batch_size):
+        for images, labels in split.batches(batch_size):
             logits = model(images)
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-            correct += (logits.argmax(1) == labels).sum().item()
-    return {"loss": loss_sum / len(split), "acc": correct / len(split)}
+            sums[0] += F.cross_entropy(logits, labels, reduction="sum").double()
+            sums[1] += (logits.argmax(1) == labels).sum()
+            sums[2] += len(labels)
+    loss, correct, count = distributed.all_reduce_sum(sums).tolist()
+    return {"loss": loss / max(count, 1), "acc": correct / max(count, 1)}
 
 
-def fit(model: nn.Module, train: Split, monitor: Split, settings: TrainingSettings, *,
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (torchvision's model_without_ddp)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _distributed(model: nn.Module, settings: TrainingSettings) -> nn.Module:
+    """The model to train: wrapped in DistributedDataParallel when several processes train
+    (rank 0's weights are broadcast to all as it wraps), with SyncBatchNorm if asked."""
+    if not distributed.active():
+        return model
+    device = next(model.parameters()).device
+    if settings.sync_bn:
+        if device.type != "cuda":
+            raise UserError("--sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU "
+                            "kernel; leave it out on the CPU")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+
+def _plain_batchnorm(model: nn.Module) -> None:
+    """SyncBatchNorm back to BatchNorm2d in place (same tensors), so what follows training
+    (tracing, compaction, saving) sees the architecture it built."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.SyncBatchNorm):
+            plain = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats)
+            for key in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                setattr(plain, key, getattr(child, key))
+            plain.train(child.training)
+            setattr(model, name, plain)
+        else:
+            _plain_batchnorm(child)
+
+
+def fit(model: nn.Module, train, monitor, settings: TrainingSettings, *,
         epochs: Optional[int] = None, augment: bool = False,
         generator: Optional[torch.Generator] = None,
         optimizer: Optional[torch.optim.Optimizer] = None, scheduler=None,
         after_step: Optional[Callable[[], None]] = None,
         on_epoch_end: Optional[Callable[[int], None]] = None, print_fn=print,
-        monitor_name: str = "test") -> List[dict]:
+        monitor_name: str = "test", run=None, phase: str = "train") -> List[dict]:
     """Train for ``epochs`` (default: the settings') epochs, evaluating on ``monitor`` (the
     validation split when there is one, named ``monitor_name``: history keys ``val_acc`` ...)
     after each; one summary line each. The optimizer and schedule are built from ``settings`` over the
     model's current parameters unless given. ``on_epoch_end(epoch)`` runs after the epoch's
     training and before its evaluation, so what it changes (FPGM's soft pruning) is what gets
-    measured."""
+    measured.
+
+    ``run`` (a TrainingRun) makes this call one phase of a resumable, logged run: a phase the
+    resumed run had finished is not trained again but ends in its saved state, one it stopped
+    inside continues from its saved epoch. Under torchrun the model trains wrapped in
+    DistributedDataParallel, wrapped anew on every call, so a model rebuilt smaller between calls
+    is never seen changing under the wrapper."""
     epochs = settings.epochs if epochs is None else epochs
+    index = run.begin_phase(phase) if run is not None else 0
+    finished = run.finished_phase(index) if run is not None else None
+    if finished is not None:
+        run.restore(finished, model, generator)
+        run.phases.append(finished)
+        print_fn(f"{phase}: finished before the interruption; continuing from its saved end")
+        return list(finished["history"])
     if optimizer is None:
         optimizer = settings.make_optimizer(model.parameters())
         scheduler = settings.make_scheduler(optimizer, epochs) if scheduler is None else scheduler
-    loader = BatchLoader(train, settings.batch_size, shuffle=True, augment=augment,
-                         generator=generator)
-    history = []
-    for epoch in range(1, epochs + 1):
-        stats = train_one_epoch(model, loader, optimizer, epoch, after_step, settings.progress)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
-        if scheduler is not None:
-            stats["learning_rate"] = scheduler.get_last_lr()[0]
-            scheduler.step()
-        stats.update({f"{monitor_name}_{k}": v for k, v in evaluate(model, monitor).items()},
-                     epoch=epoch)
-        history.append(stats)
-        print_fn(f"epoch {epoch:3d}/{epochs}  loss {stats['loss']:.4f}  "
-                 f"train acc {stats['train_acc']:.4f}  {monitor_name} acc "
-                 f"{stats[f'{monitor_name}_acc']:.4f}  "
-                 f"{stats['seconds']:.1f}s  ({stats['images_per_s']:.0f} img/s)")
+    history, first = [], 1
+    current = run.phase_in_progress(index) if run is not None else None
+    if current is not None:
+        run.restore(current, model, generator)
+        optimizer.load_state_dict(current["optimizer"])
+        if scheduler is not None and current["scheduler"] is not None:
+            scheduler.load_state_dict(current["scheduler"])
+        history, first = list(current["history"]), current["epoch"] + 1
+        print_fn(f"{phase}: resumed after epoch {current['epoch']}")
+    loader = train.batches(settings.batch_size, shuffle=True, augment=augment, generator=generator)
+    trained = _distributed(model, settings)
+    try:
+        for epoch in range(first, epochs + 1):
+            stats = train_one_epoch(trained, loader, optimizer, epoch, after_step,
+                                    settings.progress)
+            distributed.broadcast_buffers(model)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch)
+            if scheduler is not None:
+                stats["learning_rate"] = scheduler.get_last_lr()[0]
+                scheduler.step()
+            stats.update({f"{monitor_name}_{k}": v for k, v in evaluate(model, monitor).items()},
+                         epoch=epoch)
+            history.append(stats)
+            print_fn(f"epoch {epoch:3d}/{epochs}  loss {stats['loss']:.4f}  "
+                     f"train acc {stats['train_acc']:.4f}  {monitor_name} acc "
+                     f"{stats[f'{monitor_name}_acc']:.4f}  "
+                     f"{stats['seconds']:.1f}s  ({stats['images_per_s']:.0f} img/s)")
+            if run is not None:
+                run.epoch_done(index, epoch, epochs, model, optimizer, scheduler, generator,
+                               history)
+    finally:
+        if trained is not model:
+            _plain_batchnorm(model)
+    if run is not None:
+        run.end_phase(index, phase, model, generator, history)
     return history
 
 

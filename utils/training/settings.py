@@ -20,6 +20,7 @@ class TrainingSettings:
     lr_schedule: str = "cosine"
     seed: int = 0
     progress: bool = True
+    sync_bn: bool = False  # SyncBatchNorm across the processes of a distributed run (CUDA)
 
     @classmethod
     def from_args(cls, args, **overrides) -> "TrainingSettings":
