@@ -14,7 +14,6 @@ with quiet_interrupt():
 
     import models
     from utils import checkpoints, cli
-    from utils.data import get_spec, load_dataset
     from utils.errors import UserError
     from utils.reporting.counting import DEFAULT_ACTIVATION_IMAGES, is_sparse
     from utils.reporting.tables import RENDERERS, model_table
@@ -49,14 +48,13 @@ def build_table(args) -> dict:
                         "--load_folder_model to count a checkpoint")
     else:
         dataset = args.dataset or "mnist"
-        spec = get_spec(dataset)
+        spec = cli.dataset_spec(args, dataset)
         model = models.create_model(args.model, spec.input_shape, spec.num_classes, args.widths)
 
     images = None
     # Act% needs the dataset: read it only for a pruned checkpoint, the one case that uses it.
     if loaded is not None and args.act_images > 0 and is_sparse(model):
-        _, test, _ = load_dataset(dataset, args.data_dir, download=not args.no_download,
-                                  verify=not args.no_verify_data)
+        _, test, _ = cli.load_data(args, dataset, "cpu", loaded["config"]["input_shape"])
         images = test.first_images(args.act_images)
 
     recorded = ((loaded or {}).get("pruning") or {}).get("original_widths")

@@ -21,7 +21,7 @@ with quiet_interrupt():
     import pruners
     from pruners.sensitivity import MAGNITUDE, Sensitivity, default_rates, format_rates, plot, propose
     from utils import checkpoints, cli
-    from utils.data import held_out, load_dataset, split_validation
+    from utils.data import held_out, split_validation
     from utils.errors import UserError
     from utils.files import atomic_write, check_writable_dir, write_text
 
@@ -125,8 +125,7 @@ def main(argv=None):
     pruner = (None if args.method == MAGNITUDE
               else pruners.create_pruner(args.method, prune_residual=args.prune_residual))
     analysis = Sensitivity(model, args.method, pruner)  # refuses unknown operations before data
-    train, _, _ = load_dataset(loaded["dataset"], args.data_dir, device,
-                               download=not args.no_download, verify=not args.no_verify_data)
+    train, _, _ = cli.load_data(args, loaded["dataset"], device, loaded["config"]["input_shape"])
     val, source = validation_split(args, loaded, train)
     print(f"{model_name} from {loaded['path']}: {len(analysis.units)} "
           f"{'layers' if args.method == MAGNITUDE else 'channel groups'} x {len(args.rates)} rates "

@@ -102,3 +102,26 @@ def trained_checkpoint(tmp_path_factory, mnist_dir):
         return cache[model]
 
     return make
+
+
+def write_image_folder(root: Path, classes: int = 3, train_per_class: int = 8,
+                       val_per_class: int = 4, size: int = 40, seed: int = 0) -> Path:
+    """Writes <root>/{train,val}/class_<k>/*.png (and some .jpg): ImageFolder's layout, images
+    whose class lights its own block, in sizes that vary as real photographs' do."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split, per_class in (("train", train_per_class), ("val", val_per_class)):
+        for label in range(classes):
+            folder = Path(root) / split / f"class_{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                side = size + int(rng.integers(0, 9))
+                image = synthetic_images(1, np.array([label]), side, 3, int(rng.integers(1 << 30)))[0]
+                suffix = "jpg" if i % 4 == 3 else "png"
+                Image.fromarray(image).save(folder / f"{i}.{suffix}")
+    return Path(root)
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("folder"))

@@ -150,7 +150,7 @@ def add_data_loading_args(parser):
 def load_data(args, dataset: str, device, input_shape=None):
     """(train, test, spec) as the data flags ask; ``input_shape`` (a checkpoint's) fixes a
     folder dataset's image size, which must then not be given differently."""
-    image_size = args.image_size
+    image_size = getattr(args, "image_size", None)
     if input_shape is not None and dataset in data.FOLDER_DATASETS:
         size = int(input_shape[-1])
         if image_size is not None and image_size != size:
@@ -158,8 +158,17 @@ def load_data(args, dataset: str, device, input_shape=None):
                             f"{size} images; leave --image_size out")
         image_size = size
     return data.load_dataset(dataset, args.data_dir, device, download=not args.no_download,
-                             verify=not args.no_verify_data, loader=args.data_loader,
-                             workers=args.workers, image_size=image_size)
+                             verify=not args.no_verify_data,
+                             loader=getattr(args, "data_loader", "auto"),
+                             workers=getattr(args, "workers", 0), image_size=image_size)
+
+
+def dataset_spec(args, dataset: str):
+    """What a model built for ``dataset`` needs (input shape, classes) without loading it: a
+    folder dataset's comes from its class folders."""
+    if dataset in data.FOLDER_DATASETS:
+        return data.folder_spec(dataset, args.data_dir, getattr(args, "image_size", None) or 224)
+    return data.get_spec(dataset)
 
 
 def add_training_args(parser, epochs: int, learning_rate, learning_rate_help="learning rate"):

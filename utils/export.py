@@ -222,15 +222,13 @@ def load_any(name_or_path: str, checkpoint_dir) -> dict:
 def main(argv=None) -> dict:
     from utils import checkpoints, cli
     from utils.checkpoints.compressed import SUFFIX
-    from utils.data import load_dataset
     args = get_args_parser().parse_args(argv)
     cli.apply_threads(args.threads)
     loaded = load_any(args.load_folder_model, args.checkpoint_dir)
     model = checkpoints.build_model(loaded, masks=False)
     images = torch.empty(0)
     if "onnx" in args.format:
-        _, test, _ = load_dataset(loaded["dataset"], args.data_dir, download=not args.no_download,
-                                  verify=not args.no_verify_data)
+        _, test, _ = cli.load_data(args, loaded["dataset"], "cpu", loaded["config"]["input_shape"])
         images = test.first_images(COMPARE_IMAGES)
     source = Path(loaded["path"])
     stem = source.with_name(source.name.removesuffix(".pt").removesuffix(SUFFIX))

@@ -8,7 +8,7 @@ same ranks' shares of the same seeded permutation as the tensor path's (loader.s
 images are decoded and transformed per sample in --workers processes, pinned for a CUDA device.
 """
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -123,32 +123,16 @@ class StreamSplit:
         return StreamLoader(self, batch_size, shuffle, augment, generator)
 
 
-class _RankBatches:
-    """A DataLoader batch sampler: this rank's share of each global batch (training) or of the
-    split in order (evaluation), as positions into the split."""
-
-    def __init__(self, count: int, batch_size: int, training: bool, shuffle: bool,
-                 generator: Optional[torch.Generator]):
-        self.count, self.batch_size = count, batch_size
-        self.training, self.shuffle, self.generator = training, shuffle, generator
-
-    def __iter__(self) -> Iterator[list]:
-        if self.training:
-            for _, mine, _ in shard_batches(self.count, self.batch_size, self.shuffle,
-                                            self.generator):
-                yield mine.tolist()
-            return
-        positions = eval_shard(self.count)
-        for start in range(positions.start, positions.stop, self.batch_size):
-            yield list(range(start, min(start + self.batch_size, positions.stop)))
-
-    def __len__(self):
-        if self.training:
-            world = distributed.world_size()
-            full, rest = divmod(self.count, self.batch_size * world)
-            return full + (rest >= world)
-        share = len(eval_shard(self.count))
-        return (share + self.batch_size - 1) // self.batch_size
+def _rank_batches(count: int, batch_size: int, training: bool, shuffle: bool,
+                  generator: Optional[torch.Generator]) -> List[List[int]]:
+    """This rank's batches as positions into the split: its share of each global batch
+    (training, drawn now, so the permutation takes the generator's next numbers exactly as the
+    tensor path's does) or of the split in order (evaluation)."""
+    if training:
+        return [mine.tolist() for _, mine, _ in shard_batches(count, batch_size, shuffle, generator)]
+    positions = eval_shard(count)
+    return [list(range(start, min(start + batch_size, positions.stop)))
+            for start in range(positions.start, positions.stop, batch_size)]
 
 
 class StreamLoader:
@@ -160,22 +144,28 @@ class StreamLoader:
                  generator: Optional[torch.Generator]):
         if batch_size < 1:
             raise UserError(f"batch size must be positive, got {batch_size}")
-        self.split, self.generator = split, generator
-        self.training = shuffle or augment
-        self.sampler = _RankBatches(len(split), batch_size, self.training, shuffle, generator)
+        self.split, self.batch_size, self.generator = split, batch_size, generator
+        self.shuffle, self.augment = shuffle, augment
         self.transform = split.train_transform if augment else split.eval_transform
 
     def __len__(self):
-        return len(self.sampler)
+        count = len(self.split)
+        if self.shuffle or self.augment:
+            world = distributed.world_size()
+            full, rest = divmod(count, self.batch_size * world)
+            return full + (rest >= world)
+        return (len(eval_shard(count)) + self.batch_size - 1) // self.batch_size
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        batches = _rank_batches(len(self.split), self.batch_size, self.shuffle or self.augment,
+                                self.shuffle, self.generator)
         seed = None
-        if self.training and self.generator is not None:
+        if self.augment:  # only random transforms need the workers seeded
             seed = int(torch.randint(2 ** 62, (), generator=self.generator)) + distributed.rank()
         device = self.split.device
         loader = DataLoader(
             _Transformed(self.split.base, self.split.indices, self.transform),
-            batch_sampler=self.sampler, num_workers=self.split.workers,
+            batch_sampler=batches, num_workers=self.split.workers,
             pin_memory=device.type == "cuda",
             generator=None if seed is None else torch.Generator().manual_seed(seed))
         for images, labels in loader:
