@@ -63,7 +63,8 @@ def shell_lines(text: str) -> List[Tuple[int, str]]:
 
 
 def python_commands(text: str) -> List[Command]:
-    """Every `python SCRIPT ...` of the README's shell blocks, in order (python -m ... skipped)."""
+    """Every `python SCRIPT ...` (or `torchrun ... SCRIPT ...`) of the README's shell blocks, in
+    order (python -m ... skipped)."""
     commands = []
     for number, line in shell_lines(text):
         lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
@@ -75,6 +76,14 @@ def python_commands(text: str) -> List[Command]:
             else:
                 pieces[-1].append(token)
         for argv in pieces:
+            while argv and re.fullmatch(r"[A-Z_]+=\S*", argv[0]):
+                argv = argv[1:]  # environment assignments: OMP_NUM_THREADS=1 python ...
+            if argv and Path(argv[0]).name == "torchrun":
+                # torchrun's own options, then the script: checked like a python command
+                script = next((token for token in argv[1:] if token.endswith(".py")), None)
+                if script is not None:
+                    commands.append(Command(number, script, argv[argv.index(script) + 1:]))
+                continue
             if not argv or not re.fullmatch(r"python(3(\.\d+)?)?", Path(argv[0]).name):
                 continue
             rest = argv[1:]
@@ -115,6 +124,13 @@ def check_flags(command: Command) -> Command:
             if flag not in known:
                 command.problems.append(f"{command}: {command.script} has no flag {flag}")
     if command.problems:
+        return command
+    from utils.cli import RESUME_OVERRIDES, _given_flags, _without_resume
+    resume, rest = _without_resume(command.argv)
+    if resume is not None:  # the run's own flags come from the state file
+        extra = [flag for flag in _given_flags(rest) if flag not in RESUME_OVERRIDES]
+        if extra:
+            command.problems.append(f"{command}: --resume refuses {', '.join(extra)}")
         return command
     try:
         command.args = command.parser.parse_args(command.argv)
