@@ -112,3 +112,25 @@ def test_pruning_under_two_processes_ends_with_one_model_and_one_file(tmp_path, 
     assert done.returncode == 0, done.stderr[-2000:]  # each run compares the ranks' digests
     assert len(list(out.glob("*.pt"))) == 1
     assert len(list(out.glob("*.metrics.jsonl"))) == 1
+
+
+def test_sync_bn_is_refused_where_it_cannot_work(mnist_dir, tmp_path, capsys):
+    code, _ = run_script(baseline.main, ["--model=resnet20", f"--data_dir={mnist_dir}",
+                                         f"--checkpoint_dir={tmp_path}", "--sync_bn"])
+    assert code == 2
+    assert "this run has one process" in capsys.readouterr().err
+
+
+def test_batchnorm_comes_back_from_syncbatchnorm_with_the_same_tensors():
+    """fit() trains a SyncBatchNorm copy of the architecture and puts BatchNorm2d back, so
+    tracing, compaction and saving see the model they built, with the trained statistics."""
+    from models import create_model
+    from utils.training.loop import _plain_batchnorm
+    model = create_model("resnet20", (3, 32, 32), 10)
+    before = {name: id(t) for name, t in model.state_dict(keep_vars=True).items()}
+    types = [type(m) for m in model.modules()]
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in converted.modules())
+    _plain_batchnorm(converted)
+    assert [type(m) for m in converted.modules()] == types
+    assert {name: id(t) for name, t in converted.state_dict(keep_vars=True).items()} == before

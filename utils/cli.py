@@ -345,7 +345,15 @@ def start_runtime(args) -> torch.device:
     """Threads, then the device: this rank's, joining the process group when torchrun
     launched the script (utils.distributed)."""
     apply_threads(args.threads)
-    return distributed.start(args.device)
+    device = distributed.start(args.device)
+    if getattr(args, "sync_bn", False):
+        if not distributed.active():
+            raise UserError("--sync_bn shares BatchNorm statistics between the processes of a "
+                            "torchrun launch; this run has one process: leave it out")
+        if device.type != "cuda":
+            raise UserError("--sync_bn needs CUDA devices (torch's SyncBatchNorm has no CPU "
+                            "kernel); leave it out on the CPU")
+    return device
 
 
 def run(main):
