@@ -160,17 +160,21 @@ def _module_type_name(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def build_graph(model: nn.Module, input_shape: Sequence[int]) -> DependencyGraph:
-    """Trace ``model`` on one zero image of ``input_shape`` and group its channels."""
-    tracer = _Tracer()
+def traced(model: nn.Module) -> torch.fx.GraphModule:
+    """``model`` as a torch.fx GraphModule sharing its modules (so its tensors too)."""
     try:
-        fx_graph = tracer.trace(model)
+        fx_graph = _Tracer().trace(model)
     except Exception as exc:  # data-dependent control flow and the like
         raise UnsupportedOperation(
             f"{type(model).__name__} cannot be traced by torch.fx ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); structured pruning needs a traceable "
             "forward()") from None
-    graph_module = torch.fx.GraphModule(model, fx_graph)
+    return torch.fx.GraphModule(model, fx_graph)
+
+
+def build_graph(model: nn.Module, input_shape: Sequence[int]) -> DependencyGraph:
+    """Trace ``model`` on one zero image of ``input_shape`` and group its channels."""
+    graph_module = traced(model)
     device = next(model.parameters()).device
     was_training = model.training
     graph_module.eval()

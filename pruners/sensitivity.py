@@ -3,21 +3,24 @@
 split, and propose per-layer rates from the curves.
 
 Each point changes one layer's tensors in place and puts them back: no copy of the whole model
-per point, one forward pass over the validation images per (layer, rate).
+per point. Per layer, each validation batch runs once through the part of the network the
+layer does not reach; only the rest runs again for each rate.
 """
 import contextlib
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import torch
+import torch.fx
 import torch.nn as nn
+import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.base import weight_layers
-from models.compact import group_vectors, pruned_sets, writer_tensors, zero_channels
+from models.compact import group_vectors, pruned_sets, writer_tensors
+from models.graph import traced
 from pruners.songhan import smallest_k_masks
-from utils.data import Split
 from utils.errors import UserError
 from utils.training import evaluate
 
@@ -66,22 +69,40 @@ class Sensitivity:
                 total += tensor.numel() * sum(s in group.sets for s in sets) // len(sets)
         return total
 
-    @contextlib.contextmanager
-    def pruned(self, unit: Unit, rate: float) -> Iterator[None]:
-        """``unit`` pruned at ``rate`` in place for the block; its tensors restored after."""
-        if self.method == MAGNITUDE:
-            weight = self.layers[unit.name].weight
-            saved = [(weight, weight.detach().clone())]
-            with torch.no_grad():
+    def _pruned_values(self, unit: Unit, rate: float) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """(tensor, its values with ``unit`` pruned at ``rate``) for each tensor that changes."""
+        with torch.no_grad():
+            if self.method == MAGNITUDE:
+                weight = self.layers[unit.name].weight
                 (mask,) = smallest_k_masks([weight], round(rate * weight.numel()))
-                weight.mul_(mask)
-        else:
+                return [(weight, weight.detach() * mask)]
             group = self.groups[unit.name]
-            index = self.pruner.make_criterion(rate).select(group_vectors(self.model, self.graph, group))
+            index = self.pruner.make_criterion(rate).select(
+                group_vectors(self.model, self.graph, group))
             sets = pruned_sets(self.graph, {group.name: index.tolist()})
-            saved = [(tensor, tensor.detach().clone())
-                     for _, tensor, _, _ in writer_tensors(self.model, self.graph, sets)]
-            zero_channels(self.model, self.graph, sets)
+            values = []
+            for _, tensor, dim, positions in writer_tensors(self.model, self.graph, sets):
+                values.append((tensor, tensor.detach().index_fill(
+                    dim, torch.tensor(positions, device=tensor.device), 0.0)))
+            return values
+
+    def _changed_modules(self, unit: Unit) -> Set[str]:
+        """Names of the modules whose tensors pruning ``unit`` changes (at any rate)."""
+        if self.method == MAGNITUDE:
+            return {unit.name}
+        sets = set(self.groups[unit.name].sets)
+        return {key.rpartition(".")[0] for key, _, _, _ in writer_tensors(self.model, self.graph, sets)}
+
+    @contextlib.contextmanager
+    def pruned(self, unit: Unit, rate: float,
+               values: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None) -> Iterator[None]:
+        """``unit`` pruned at ``rate`` in place for the block (``values``: from _pruned_values,
+        when already computed); its tensors restored after."""
+        values = self._pruned_values(unit, rate) if values is None else values
+        saved = [(tensor, tensor.detach().clone()) for tensor, _ in values]
+        with torch.no_grad():
+            for tensor, value in values:
+                tensor.copy_(value)
         try:
             yield
         finally:
@@ -89,21 +110,88 @@ class Sensitivity:
                 for tensor, original in saved:
                     tensor.copy_(original)
 
-    def run(self, val: Split, rates: Sequence[float], progress: bool = True) -> List[dict]:
+    @torch.inference_mode()
+    def run(self, val, rates: Sequence[float], progress: bool = True,
+            batch_size: int = 1000) -> List[dict]:
         """Rows of (layer, rate, top1, loss) for every unit and rate; rate 0 is the unpruned
-        model's figure."""
-        base = evaluate(self.model, val)
+        model's figure. Per unit, each batch runs once through the part of the network its
+        tensors do not reach, and only the rest runs again for each rate (PartialForward)."""
+        base = evaluate(self.model, val, batch_size)
+        forward = PartialForward(self.model)
+        pruned_rates = [rate for rate in rates if rate != 0]
         rows = []
-        grid = [(unit, rate) for unit in self.units for rate in rates]
-        for unit, rate in tqdm(grid, desc="sensitivity", unit="point", disable=None if progress else True):
-            if rate == 0:
-                result = base
-            else:
-                with self.pruned(unit, rate):
-                    result = evaluate(self.model, val)
-            rows.append({"layer": unit.name, "rate": rate, "top1": result["acc"],
-                         "loss": result["loss"], "size": unit.size, "weights": unit.weights})
+        bar = tqdm(total=len(self.units) * len(rates), desc="sensitivity", unit="point",
+                   disable=None if progress else True)
+        for unit in self.units:
+            plan = forward.plan(self._changed_modules(unit))
+            values = {rate: self._pruned_values(unit, rate) for rate in pruned_rates}
+            sums = {rate: torch.zeros(3, dtype=torch.float64) for rate in pruned_rates}
+            for images, labels in val.batches(batch_size):
+                cache = forward.prefix(images, plan)
+                for rate in pruned_rates:
+                    with self.pruned(unit, rate, values[rate]):
+                        logits = forward.rest(cache, plan)
+                    sums[rate] += torch.stack([
+                        F.cross_entropy(logits, labels, reduction="sum").double().cpu(),
+                        (logits.argmax(1) == labels).sum().double().cpu(),
+                        torch.tensor(float(len(labels)), dtype=torch.float64)])
+            for rate in rates:
+                if rate == 0:
+                    result = base
+                else:
+                    loss, correct, count = sums[rate].tolist()
+                    result = {"acc": correct / count, "loss": loss / count}
+                rows.append({"layer": unit.name, "rate": rate, "top1": result["acc"],
+                             "loss": result["loss"], "size": unit.size, "weights": unit.weights})
+            bar.update(len(rates))
+        bar.close()
         return rows
+
+
+class PartialForward:
+    """The model's torch.fx graph, run in two parts for a given set of changed modules: the
+    nodes they do not reach (once per batch: ``prefix``) and the nodes they do (once per rate:
+    ``rest``, from the prefix's values). Values are freed after their last use, except the
+    prefix values the rest reads, so memory stays that of one forward pass."""
+
+    def __init__(self, model: nn.Module):
+        self.module = traced(model)
+        self.nodes = list(self.module.graph.nodes)
+
+    def plan(self, changed: Set[str]) -> dict:
+        dirty = set()
+        for node in self.nodes:
+            owner = (node.target if node.op == "call_module" else
+                     node.target.rpartition(".")[0] if node.op == "get_attr" else None)
+            if owner in changed or any(n in dirty for n in node.all_input_nodes):
+                dirty.add(node)
+        clean = [n for n in self.nodes if n not in dirty]
+        rest = [n for n in self.nodes if n in dirty]
+        frontier = {arg for node in rest for arg in node.all_input_nodes if arg not in dirty}
+        return {"clean": clean, "rest": rest, "frontier": frontier}
+
+    def _run(self, nodes, env: dict, keep: Set, images=None) -> dict:
+        interpreter = torch.fx.Interpreter(self.module, garbage_collect_values=False)
+        interpreter.env = env
+        interpreter.args_iter = iter([] if images is None else [images])
+        last_use = {}
+        for position, node in enumerate(nodes):
+            for arg in node.all_input_nodes:
+                last_use[arg] = position
+        for position, node in enumerate(nodes):
+            env[node] = interpreter.run_node(node)
+            for arg in node.all_input_nodes:
+                if last_use.get(arg) == position and arg not in keep and arg in env:
+                    del env[arg]
+        return env
+
+    def prefix(self, images: torch.Tensor, plan: dict) -> dict:
+        env = self._run(plan["clean"], {}, plan["frontier"], images)
+        return {node: env[node] for node in plan["frontier"]}
+
+    def rest(self, cache: dict, plan: dict) -> torch.Tensor:
+        env = self._run(plan["rest"], dict(cache), set(cache))
+        return env[plan["rest"][-1]]  # the output node's value
 
 
 def propose(rows: List[dict], max_drop: Optional[float] = None,
