@@ -105,3 +105,14 @@ def test_flags_that_do_not_fit_the_dataset_are_refused(mnist_dir, image_folder, 
     assert "folder datasets stream" in _error(
         capsys, ["--model=lenet_5", "--dataset=folder", f"--data_dir={image_folder}",
                  "--data_loader=tensor", *FAST])
+
+
+def test_auto_streams_what_does_not_fit_in_half_the_free_memory(mnist_dir, monkeypatch):
+    from utils.data import datasets
+    # 768 MNIST images as float32 need 768 x 28 x 28 x 4 = 2,408,448 bytes.
+    monkeypatch.setattr(datasets, "_available_memory", lambda device: 2 * 2_408_448 + 2)
+    train, _, _ = load_dataset("mnist", mnist_dir, download=False, verify=False)
+    assert not isinstance(train, StreamSplit)
+    monkeypatch.setattr(datasets, "_available_memory", lambda device: 2 * 2_408_448)
+    train, _, _ = load_dataset("mnist", mnist_dir, download=False, verify=False)
+    assert isinstance(train, StreamSplit)
