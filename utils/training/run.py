@@ -141,7 +141,8 @@ class TrainingRun:
 
     def end_phase(self, index: int, name: str, model: nn.Module,
                   generator: Optional[torch.Generator], history: list) -> None:
-        self.phases.append(self._snapshot(index, name, model, generator, history))
+        if self.save_every and distributed.is_main():  # only rank 0 writes the state
+            self.phases.append(self._snapshot(index, name, model, generator, history))
 
     def epoch_done(self, index: int, epoch: int, epochs: int, model: nn.Module, optimizer,
                    scheduler, generator: Optional[torch.Generator], history: list) -> None:
@@ -151,7 +152,8 @@ class TrainingRun:
         if self.log is not None and distributed.is_main():
             self.log.log({"phase": self.phase_name, "epoch": epoch, "step": self._step,
                           **{k: v for k, v in history[-1].items() if k != "epoch"}})
-        if self.save_every and (epoch % self.save_every == 0 or epoch == epochs):
+        if self.save_every and distributed.is_main() and (epoch % self.save_every == 0
+                                                          or epoch == epochs):
             current = self._snapshot(index, self.phase_name, model, generator, history)
             current.update(epoch=epoch,
                            optimizer=_optimizer_state_to_cpu(optimizer.state_dict()),
