@@ -16,6 +16,7 @@ from tqdm import tqdm
 from utils import distributed
 from utils.errors import UserError
 from utils.modes import eval_mode
+from utils.training.acceleration import TrainingAccelerator
 from utils.training.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
@@ -37,11 +38,14 @@ def _reduced(*values) -> List[float]:
 
 def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
                     epoch: int = 1, after_step: Optional[Callable[[], None]] = None,
-                    progress: bool = True, check_every: int = 20) -> dict:
+                    progress: bool = True, check_every: int = 20,
+                    accelerator: Optional[TrainingAccelerator] = None) -> dict:
     """One pass over ``loader`` (this rank's batches). Losses are summed on the device and read
     back every ``check_every`` steps, so a GPU is not synchronised on every step; in a
     distributed run those checks and the epoch's figures are sums over all ranks, so every rank
-    sees the same loss (and stops together if it diverges)."""
+    sees the same loss (and stops together if it diverges). ``accelerator`` runs each step
+    (channels_last, torch.compile, AMP: acceleration.py); by default a plain float32 step."""
+    accelerator = accelerator if accelerator is not None else TrainingAccelerator()
     model.train()
     device = next(model.parameters()).device
     loss_sum = torch.zeros((), device=device)
@@ -52,11 +56,7 @@ def train_one_epoch(model: nn.Module, loader, optimizer: torch.optim.Optimizer,
                disable=None if progress and distributed.is_main() else True, unit="batch")
     totals = [0.0, 0.0, 0.0]
     for step, (images, labels) in enumerate(bar, 1):
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss, logits = accelerator.step(model, images, labels, optimizer)
         if after_step is not None:
             after_step()
         loss_sum += loss.detach() * len(labels)
@@ -164,11 +164,13 @@ def fit(model: nn.Module, train, monitor, settings: TrainingSettings, *,
         history, first = list(current["history"]), current["epoch"] + 1
         print_fn(f"{phase}: resumed after epoch {current['epoch']}")
     loader = train.batches(settings.batch_size, shuffle=True, augment=augment, generator=generator)
-    trained = _distributed(model, settings)
+    accelerator = TrainingAccelerator.from_settings(settings, train.device, model)
+    wrapped = _distributed(model, settings)
+    trained = accelerator.prepare(wrapped)
     try:
         for epoch in range(first, epochs + 1):
             stats = train_one_epoch(trained, loader, optimizer, epoch, after_step,
-                                    settings.progress)
+                                    settings.progress, accelerator=accelerator)
             distributed.broadcast_buffers(model)
             if on_epoch_end is not None:
                 on_epoch_end(epoch)
@@ -186,7 +188,8 @@ def fit(model: nn.Module, train, monitor, settings: TrainingSettings, *,
                 run.epoch_done(index, epoch, epochs, model, optimizer, scheduler, generator,
                                history)
     finally:
-        if trained is not model:
+        accelerator.restore(wrapped)  # contiguous again: other code views and traces the model
+        if wrapped is not model:
             _plain_batchnorm(model)
     if run is not None:
         run.end_phase(index, phase, model, generator, history)
