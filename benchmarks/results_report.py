@@ -161,9 +161,16 @@ def equal_terms_section(found: Dict[str, dict]) -> List[str]:
             best = max(others, key=lambda r: r["top1_acc"])
             lines += [f"FPGM has the highest top-1 here, {100 * (fpgm['top1_acc'] - best['top1_acc']):.2f} "
                       f"points over the next ({_method_name(best)}, {best['top1_acc']:.2%}).", ""]
+    threads = {}
+    for r in records:
+        threads.setdefault(r["machine"]["torch_threads"], []).append(_method_name(r))
+    timed = ("" if len(threads) < 2 else " Timed with different torch thread counts, so compare "
+             "speed-ups only within a count: " + "; ".join(
+                 f"{count} thread{'s' if count > 1 else ''}: {', '.join(names)}"
+                 for count, names in sorted(threads.items())) + ".")
     lines += ["FLOPs: of the compact model against the baseline (2 x multiply-accumulate, one "
               "image); speed-up: the baseline's median batch time over the compact model's, timed "
-              "in the same pruning.py process.", ""]
+              f"in the same pruning.py process.{timed}", ""]
     return lines
 
 
