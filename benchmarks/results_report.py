@@ -185,7 +185,7 @@ def deep_compression_section(found: Dict[str, dict]) -> List[str]:
         dense = c["sizes"]["dense"]
         stages = [("dense float32 weights", "dense", paper.get("dense", NA),
                    f"{c['dense_parameters']:,} parameters x 4 bytes"),
-                  ("pruned", "pruned", NA, f"checkpoint, {method_label(record)}"),
+                  ("pruned", "pruned", NA, f"the pruned checkpoint, {Path(record['checkpoint']).name}"),
                   ("pruned + quantized", "quantized", NA, "fixed-width cluster indices"),
                   ("pruned + quantized + Huffman", "huffman",
                    f"{paper['final']}, {paper['top1']}" if paper else NA,
@@ -262,7 +262,8 @@ def describe_machines(records: Sequence[dict]) -> str:
     seen = []
     for record in records:
         m = record["machine"]
-        text = (f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
+        text = (f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch "
+                f"thread{'' if m['torch_threads'] == 1 else 's'}), "
                 f"torch {record['torch_version']}")
         if text not in seen:
             seen.append(text)

@@ -395,6 +395,7 @@ def test_equal_terms_table_says_where_fpgm_is_not_better():
 def test_deep_compression_table_from_the_records_compression_figures():
     from benchmarks.results_report import deep_compression_section
     rec = record("deep_compression_lenet_300_100", model="lenet_300_100", method="songhan",
+                 checkpoint="checkpoints/x.pt",
                  flags={"epochs": 10, "pruning_epochs": 4, "cut_rate": 0.92, "quantize": True},
                  compression={"sizes": {"dense": 1_066_440, "pruned": 126_000, "quantized": 30_000,
                                         "huffman": 25_000},
