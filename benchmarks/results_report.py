@@ -156,7 +156,10 @@ def equal_terms_section(found: Dict[str, dict]) -> List[str]:
             named = ", ".join(f"{_method_name(r)} ({r['top1_acc']:.2%})" for r in level)
             lines += [f"FPGM is not better here: {named} "
                       f"{'reaches' if len(level) == 1 else 'reach'} at least FPGM's "
-                      f"{fpgm['top1_acc']:.2%} top-1 at the same compact size.", ""]
+                      f"{fpgm['top1_acc']:.2%} top-1 "
+                      + ("at the same compact size." if all(r["parameters"] == fpgm["parameters"]
+                                                            for r in level)
+                         else "(compact sizes differ: see Parameters)."), ""]
         else:
             best = max(others, key=lambda r: r["top1_acc"])
             lines += [f"FPGM has the highest top-1 here, {100 * (fpgm['top1_acc'] - best['top1_acc']):.2f} "
