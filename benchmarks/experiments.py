@@ -24,6 +24,11 @@ class Experiment:
     paper: Optional[dict] = None      # the paper's figure
     in_results_table: bool = True     # False: sweep points, shown in the plot and kept table only
     dataset: str = "mnist"
+    study: Optional[str] = None       # a side table of the report: equal_terms, deep_compression,
+    #                                   sensitivity (none: only the main tables)
+    rates_from: Optional[str] = None  # a sensitivity experiment whose record gives this run's rates:
+    rates_as: str = "layer"           # "layer": its --layer_rates; "global": one --cut_rate with
+    #                                   the same overall compression of the analysed weights
 
 
 # Reference README: only its Top1 Acc figures are known here; every other cell is n/a.
@@ -47,6 +52,11 @@ def songhan(rate, rounds: int, epochs: int, *extra: str) -> Tuple[str, ...]:
     """pruning.py flags of a songhan run: --cut_rate, rounds, retraining epochs per round."""
     return ("--pruning_method=songhan", f"--cut_rate={rate}", f"--pruning_epochs={rounds}",
             f"--epochs={epochs}", *extra) + RETRAIN
+
+# songhan runs whose rates come from a sensitivity record (the runner adds --layer_rates or
+# --cut_rate): rounds x epochs only.
+SENSITIVITY_RUN = ("--pruning_method=songhan", "--pruning_epochs=2", "--epochs=4") + RETRAIN
+SENSITIVITY_QUICK = ("--pruning_method=songhan", "--pruning_epochs=1", "--epochs=1") + RETRAIN
 
 EXPERIMENTS: List[Experiment] = [
     Experiment("baseline_lenet_300_100", "LeNet-300-100 baseline", "baseline", "lenet_300_100",
@@ -108,6 +118,67 @@ EXPERIMENTS: List[Experiment] = [
                 "--channel_multiple=8", "--epochs=1", "--batch_size=128"),
                parent="baseline_resnet20_fashion", dataset="fashion_mnist"),
 ] + [
+    # Methods on equal terms (issue 11): the same baseline record, rate and recipe as
+    # fpgm_40_resnet20_fashion; each method keeps its paper's schedule (l1norm fixed, sfp and
+    # fpgm soft). FPGM-mix is the FPGM paper's "FPGM-mix 40%": 30% of each layer's filters by
+    # geometric median after 10% by smallest norm (--fpgm_norm_rate adds to --cut_rate).
+    Experiment(f"{key}_40_resnet20_fashion", f"ResNet-20 {label} 40% (Fashion-MNIST)", "pruning",
+               "resnet20",
+               method + (f"--epochs={RESNET20_FPGM_EPOCHS}", "--finetune_epochs=1", "--batch_size=128"),
+               method + ("--epochs=1", "--batch_size=128"),
+               parent="baseline_resnet20_fashion", dataset="fashion_mnist", study="equal_terms")
+    for key, label, method in (
+        ("l1norm", "l1norm", ("--pruning_method=l1norm", "--cut_rate=0.4")),
+        ("sfp", "sfp", ("--pruning_method=sfp", "--cut_rate=0.4")),
+        ("fpgm_mix", "FPGM-mix (30% median, 10% norm)",
+         ("--pruning_method=fpgm", "--cut_rate=0.3", "--fpgm_norm_rate=0.1")))
+] + [
+    # Deep Compression (Han et al., ICLR 2016, Table 1): pruning, then weight sharing (8-bit conv,
+    # 5-bit fc codebooks, centroids fine-tuned) and a Huffman-coded file. LeNet-300-100: the
+    # songhan 12x recipe. LeNet-5 (Caffe): the 12x recipe's rounds and epochs with Han's per-layer
+    # rates (Deep Compression Table 3 keeps conv1 66%, conv2 12%, fc1 8%, fc2 19%), and the same
+    # with fc1 pruned to 7% (the global 0.92 recipe measured 37.8x earlier, under the paper's 39x).
+    Experiment("deep_compression_lenet_300_100", "LeNet-300-100 Deep Compression",
+               "pruning", "lenet_300_100",
+               songhan(0.92, 4, 10, "--learning_rate=0.0003", "--quantize"),
+               songhan(0.92, 2, 1, "--quantize", "--quantize_epochs=1"),
+               parent="baseline_lenet_300_100", study="deep_compression"),
+] + [
+    Experiment(f"deep_compression{key}_lenet_5_caffe", f"LeNet-5 (Caffe) Deep Compression{label}",
+               "pruning", "lenet_5_caffe",
+               songhan(0.81, 3, 8, f"--layer_rates=conv1=0.34,conv2=0.88,fc1={fc1}", "--quantize"),
+               songhan(0.81, 2, 1, f"--layer_rates=conv1=0.34,conv2=0.88,fc1={fc1}", "--quantize",
+                       "--quantize_epochs=1"),
+               parent="baseline_lenet_5_caffe", study="deep_compression")
+    for key, label, fc1 in (("", ", Han's rates", 0.92), ("_fc1_93", ", fc1 cut 0.93", 0.93))
+] + [
+    # Sensitivity plots (Han et al. 2015, Figure 6): each layer pruned alone, no retraining.
+    # LeNet-300-100's baseline holds no validation split: 10% of its training images (optimistic).
+    Experiment("sensitivity_lenet_300_100", "LeNet-300-100 sensitivity (magnitude)", "sensitivity",
+               "lenet_300_100", ("--val_split=0.1", "--target_compression=12"),
+               ("--val_split=0.1", "--rates=0,0.5,0.9,0.95", "--target_compression=12"),
+               parent="baseline_lenet_300_100", in_results_table=False, study="sensitivity"),
+    # Per-layer rates from sensitivity against one global rate (issue 11): a LeNet-5 (Caffe)
+    # baseline that holds out 10% of its training images, the sensitivity analysis on those, and
+    # songhan with the proposed --layer_rates against songhan with one --cut_rate removing as
+    # many weights; same rounds and epochs.
+    Experiment("baseline_lenet_5_caffe_val", "LeNet-5 (Caffe) baseline, 10% held out", "baseline",
+               "lenet_5_caffe", BASELINE + ("--val_split=0.1", "--epochs=10"),
+               BASELINE + ("--val_split=0.1", "--epochs=1"),
+               in_results_table=False, study="sensitivity"),
+    Experiment("sensitivity_lenet_5_caffe", "LeNet-5 (Caffe) sensitivity (magnitude)", "sensitivity",
+               "lenet_5_caffe", ("--target_compression=12",),
+               ("--rates=0,0.5,0.9,0.95", "--target_compression=12"),
+               parent="baseline_lenet_5_caffe_val", in_results_table=False, study="sensitivity"),
+    Experiment("songhan_sensitivity_lenet_5_caffe", "LeNet-5 (Caffe) songhan, per-layer rates from sensitivity",
+               "pruning", "lenet_5_caffe", SENSITIVITY_RUN, SENSITIVITY_QUICK,
+               parent="baseline_lenet_5_caffe_val", in_results_table=False, study="sensitivity",
+               rates_from="sensitivity_lenet_5_caffe", rates_as="layer"),
+    Experiment("songhan_global_lenet_5_caffe", "LeNet-5 (Caffe) songhan, one global rate",
+               "pruning", "lenet_5_caffe", SENSITIVITY_RUN, SENSITIVITY_QUICK,
+               parent="baseline_lenet_5_caffe_val", in_results_table=False, study="sensitivity",
+               rates_from="sensitivity_lenet_5_caffe", rates_as="global"),
+] + [
     # Accuracy against the fraction of weights kept: single-round songhan at a range of rates.
     Experiment(f"songhan_sweep_{round(rate * 100)}_lenet_300_100",
                f"LeNet-300-100 songhan {round(rate * 100)}%", "pruning", "lenet_300_100",
@@ -120,7 +191,9 @@ GROUPS = {
     "baselines": [e.id for e in EXPERIMENTS if e.script == "baseline"],
     "songhan": [e.id for e in EXPERIMENTS if "--pruning_method=songhan" in e.flags],
     "fpgm": [e.id for e in EXPERIMENTS if "--pruning_method=fpgm" in e.flags],
-    "sweep": [e.id for e in EXPERIMENTS if not e.in_results_table],
+    "sweep": [e.id for e in EXPERIMENTS if e.id.startswith("songhan_sweep_")],
+    **{study: [e.id for e in EXPERIMENTS if e.study == study]
+       for study in ("equal_terms", "deep_compression", "sensitivity")},
 }
 BY_ID: Dict[str, Experiment] = {e.id: e for e in EXPERIMENTS}
 
@@ -147,8 +220,14 @@ def listing(quick: bool = False) -> List[str]:
     lines, epochs = [], {}
     for experiment in EXPERIMENTS:
         flags = experiment.quick if quick else experiment.flags
+        if experiment.rates_from:
+            flags = flags + ((f"--layer_rates=<{experiment.rates_from}>",)
+                             if experiment.rates_as == "layer"
+                             else (f"--cut_rate=<1 - 1/compression of {experiment.rates_from}>",))
         lines.append(f"{experiment.id:<32} python {experiment.script}.py {' '.join(flags)}")
         values = dict(f.split("=", 1) for f in flags if "=" in f)
+        if "--epochs" not in values:  # sensitivity.py trains nothing
+            continue
         count = (int(values["--epochs"]) * int(values.get("--pruning_epochs", 1))
                  + int(values.get("--finetune_epochs", 0)))
         epochs[experiment.model] = epochs.get(experiment.model, 0) + count

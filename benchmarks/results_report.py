@@ -40,9 +40,19 @@ def method_label(record: dict) -> str:
     rounds = flags.get("pruning_epochs", 1)
     schedule = (f"{rounds} rounds x {_epochs(flags['epochs'])}" if rounds > 1
                 else _epochs(flags["epochs"]))
-    if record["method"] == "fpgm":
-        return f"fpgm, {flags['cut_rate']:.0%} of filters, {schedule}"
-    return f"{record['method']}, cut {flags['cut_rate']}, {schedule}"
+    if record["method"] == "fpgm" and flags.get("fpgm_norm_rate"):
+        return (f"fpgm-mix, {flags['cut_rate']:.0%} by median + {flags['fpgm_norm_rate']:.0%} "
+                f"by norm of filters, {schedule}")
+    if record["method"] in ("fpgm", "l1norm", "sfp"):
+        return f"{record['method']}, {flags['cut_rate']:.0%} of filters, {schedule}"
+    rates = f"cut {flags['cut_rate']}"
+    if flags.get("layer_rates"):
+        layers = [row["layer"] for row in (record.get("layers") or {}).get("layers", [])]
+        others = [name for name in layers if name not in flags["layer_rates"]]
+        rates = ("cut per layer " + " ".join(f"{k} {v:g}" for k, v in flags["layer_rates"].items())
+                 + (f", {' '.join(others)} {flags['cut_rate']:g}" if others else ""))
+    return (f"{record['method']}, {rates}, {schedule}"
+            + (", + quantized" if flags.get("quantize") else ""))
 
 
 def ours_row(experiment: Experiment, record: Optional[dict]) -> list:
@@ -82,18 +92,181 @@ def kept_rows(found: Dict[str, dict]) -> list:
     rows = []
     for experiment in EXPERIMENTS:
         record = found.get(experiment.id)
-        if record is None or record.get("method") not in (None, "songhan"):
+        if (record is None or record.get("method") not in (None, "songhan")
+                or experiment.script == "sensitivity"
+                or experiment.study in ("sensitivity", "deep_compression")):
             continue
         rows.append((record["model"], record["nonzero"] / record["parameters"], record["top1_acc"],
                      experiment, record))
     return sorted(rows, key=lambda r: (r[0], -r[1]))
 
 
+# ---- side tables: methods on equal terms, Deep Compression, sensitivity ----------------------
+
+METHOD_NAMES = {"fpgm": "FPGM (He et al. 2019)", "l1norm": "L1 norm (Li et al. 2017)",
+                "sfp": "SFP (He et al. 2018)"}
+# Deep Compression (Han et al., ICLR 2016), Table 1
+DEEP_COMPRESSION_PAPER = {
+    "lenet_300_100": {"dense": "1070 KB", "final": "27 KB, 40x", "top1": "98.42% (1.58% error)",
+                      "target": 40.0},
+    "lenet_5_caffe": {"dense": "1720 KB", "final": "44 KB, 39x", "top1": "99.26% (0.74% error)",
+                      "target": 39.0},
+}
+ACCURACY_TOLERANCE = 0.001  # quantized within 0.1 points of the pruned model
+
+
+def _method_name(record: dict) -> str:
+    if record["method"] == "fpgm" and record["flags"].get("fpgm_norm_rate"):
+        return (f"FPGM-mix ({record['flags']['cut_rate']:.0%} median + "
+                f"{record['flags']['fpgm_norm_rate']:.0%} norm)")
+    return METHOD_NAMES.get(record["method"], record["method"])
+
+
+def _schedule(record: dict) -> str:
+    pruning, flags = record.get("pruning") or {}, record["flags"]
+    finetune = pruning.get("finetune_epochs") or 0
+    return (f"{pruning.get('mode', '?')}, {_epochs(flags['epochs'])}"
+            + (f" + {finetune} fine-tuning the compact model" if finetune else ""))
+
+
+def equal_terms_section(found: Dict[str, dict]) -> List[str]:
+    """Filter-pruning methods at the same rate from the same baseline record with the same
+    recipe, and one sentence about FPGM drawn from the figures."""
+    ids = ["fpgm_40_resnet20_fashion"] + [e.id for e in EXPERIMENTS if e.study == "equal_terms"]
+    records = [found[i] for i in ids if i in found]
+    if len(records) < 2:
+        return []
+    parents = {r["parent"] for r in records}
+    rows = [[_method_name(r), _schedule(r), f"{r['parent_top1_acc']:.2%} -> {r['top1_acc']:.2%}",
+             f"{r['nonzero_flops'] / r['parent_flops'] - 1:+.1%}", f"{r['parameters']:,}",
+             f"{r['speedup']:.2f}x"] for r in records]
+    lines = ["#### Methods on equal terms (ResNet-20, Fashion-MNIST, 40% of filters)", "",
+             f"Every run prunes the same baseline checkpoint ({', '.join(sorted(parents))}) with "
+             f"batch 128 and the same epochs; each method keeps its paper's schedule (soft: "
+             f"selected and zeroed after every epoch; fixed: selected once). One run each "
+             f"(seed 0); run-to-run spread not measured.", "",
+             markdown_table(["Method", "Schedule", "Top1 before -> after", "FLOPs (compact)",
+                             "Parameters", "Speed-up"], rows,
+                            align=["left", "left", "right", "right", "right", "right"]), ""]
+    fpgm = found.get("fpgm_40_resnet20_fashion")
+    if fpgm is not None:
+        others = [r for r in records if r is not fpgm]
+        level = [r for r in others if r["top1_acc"] >= fpgm["top1_acc"]]
+        if level:
+            named = ", ".join(f"{_method_name(r)} ({r['top1_acc']:.2%})" for r in level)
+            lines += [f"FPGM is not better here: {named} "
+                      f"{'reaches' if len(level) == 1 else 'reach'} at least FPGM's "
+                      f"{fpgm['top1_acc']:.2%} top-1 "
+                      + ("at the same compact size." if all(r["parameters"] == fpgm["parameters"]
+                                                            for r in level)
+                         else "(compact sizes differ: see Parameters)."), ""]
+        else:
+            best = max(others, key=lambda r: r["top1_acc"])
+            lines += [f"FPGM has the highest top-1 here, {100 * (fpgm['top1_acc'] - best['top1_acc']):.2f} "
+                      f"points over the next ({_method_name(best)}, {best['top1_acc']:.2%}).", ""]
+    threads = {}
+    for r in records:
+        threads.setdefault(r["machine"]["torch_threads"], []).append(_method_name(r))
+    timed = ("" if len(threads) < 2 else " Timed with different torch thread counts, so compare "
+             "speed-ups only within a count: " + "; ".join(
+                 f"{count} thread{'s' if count > 1 else ''}: {', '.join(names)}"
+                 for count, names in sorted(threads.items())) + ".")
+    lines += ["FLOPs: of the compact model against the baseline (2 x multiply-accumulate, one "
+              "image); speed-up: the baseline's median batch time over the compact model's, timed "
+              f"in the same pruning.py process.{timed}", ""]
+    return lines
+
+
+def deep_compression_section(found: Dict[str, dict]) -> List[str]:
+    """Han et al. 2016's stages per model from the records' ``compression`` figures."""
+    rows, notes = [], []
+    for experiment in EXPERIMENTS:
+        record = found.get(experiment.id)
+        if experiment.study != "deep_compression" or record is None or "compression" not in record:
+            continue
+        c, paper = record["compression"], DEEP_COMPRESSION_PAPER.get(record["model"], {})
+        dense = c["sizes"]["dense"]
+        stages = [("dense float32 weights", "dense", paper.get("dense", NA),
+                   f"{c['dense_parameters']:,} parameters x 4 bytes"),
+                  ("pruned", "pruned", NA, f"the pruned checkpoint, {Path(record['checkpoint']).name}"),
+                  ("pruned + quantized", "quantized", NA, "fixed-width cluster indices"),
+                  ("pruned + quantized + Huffman", "huffman",
+                   f"{paper['final']}, {paper['top1']}" if paper else NA,
+                   f"`{Path(c['path']).name}`, decoded bit-exact")]
+        for label, key, theirs, what in stages:
+            acc = c["accuracy"].get(key)
+            rows.append([record["model"], label, f"{c['sizes'][key]:,}",
+                         f"{dense / c['sizes'][key]:.1f}x", NA if acc is None else f"{acc:.2%}",
+                         theirs, what])
+        target = paper.get("target")
+        ratio, drop = c["ratio"], c["accuracy"]["huffman"] - c["accuracy"]["pruned"]
+        if target:
+            notes.append(f"{record['model']}: {ratio:.1f}x against the target {target:g}x "
+                         f"({'met' if ratio >= target else 'missed'}); top-1 {100 * drop:+.2f} points "
+                         f"against the pruned model ("
+                         f"{'within' if abs(drop) <= ACCURACY_TOLERANCE + 1e-12 else 'outside'} 0.1).")
+    if not rows:
+        return []
+    return ["#### Deep Compression: pruning, weight sharing, Huffman coding", "",
+            "Beside Han et al. 2016 (ICLR), Table 1. Sizes in bytes of whole files; ratio against "
+            "the dense float32 weights; top-1 on the test set.", "",
+            markdown_table(["Model", "Stage", "Bytes", "Ratio", "Top1 Acc",
+                            "Han et al. 2016", "What"], rows,
+                           align=["left", "left", "right", "right", "right", "left", "left"]), ""] + [
+        "- " + note for note in notes] + ([""] if notes else [])
+
+
+def sensitivity_section(found: Dict[str, dict], link=lambda path: path) -> List[str]:
+    """Per-layer rates proposed by the sensitivity analysis against one global rate, and the
+    sensitivity plots."""
+    lines = []
+    analysis = found.get("sensitivity_lenet_5_caffe")
+    runs = [(e, found.get(e.id)) for e in EXPERIMENTS if e.study == "sensitivity"
+            and e.script == "pruning"]
+    runs = [(e, r) for e, r in runs if r is not None]
+    baseline = found.get("baseline_lenet_5_caffe_val")
+    if analysis and runs and baseline:
+        rows = [["baseline, 10% of training images held out", method_label(baseline), "100.0%",
+                 f"{baseline['top1_acc']:.2%}"]]
+        for experiment, record in runs:
+            rows.append([experiment.title.split("songhan, ")[-1], method_label(record),
+                         f"{record['nonzero'] / record['parameters']:.1%}",
+                         f"{record['top1_acc']:.2%}"])
+        how = analysis["proposal"]
+        lines += ["#### Per-layer rates from sensitivity against one global rate (LeNet-5 Caffe)", "",
+                  f"`sensitivity.py` on the held-out images of the baseline proposed the rates for "
+                  f"{how['compression']:.2f}x over the analysed weights (accuracy drop per layer "
+                  f"<= {how['max_drop']:.2%} without retraining); the global run removes as many "
+                  f"weights with one magnitude threshold. Same rounds and epochs; top-1 on the test "
+                  f"set; one run each.", "",
+                  markdown_table(["Rates", "Prune Method", "Weights kept", "Top1 Acc"], rows,
+                                 align=["left", "left", "right", "right"]), ""]
+        if len(runs) == 2:
+            (_, a), (_, b) = runs
+            lines += [f"Per-layer minus global: {100 * (a['top1_acc'] - b['top1_acc']):+.2f} points "
+                      f"top-1.", ""]
+    plots = [(e, found[e.id]) for e in EXPERIMENTS
+             if e.script == "sensitivity" and e.id in found and found[e.id].get("plot")]
+    if plots:
+        lines += ["#### Sensitivity of each layer to pruning (no retraining)", ""]
+        for experiment, record in plots:
+            how = record["proposal"]
+            held = ("held-out images" if not any(a.startswith("--val_split") for a in record["argv"])
+                    else "10% of its training images, on which it trained: optimistic")
+            lines += [f"**{experiment.title}**, `{record['parent']}` (validation: {held}); "
+                      f"proposed for {how['compression']:.2f}x: `--layer_rates="
+                      + ",".join(f"{k}={v:g}" for k, v in record["rates"].items())
+                      + f"`; curves in `{record['csv']}`", "",
+                      f"![{Path(record['plot']).stem.replace('_', ' ')}]({link(record['plot'])})", ""]
+    return lines
+
+
 def describe_machines(records: Sequence[dict]) -> str:
     seen = []
     for record in records:
         m = record["machine"]
-        text = (f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads), "
+        text = (f"{m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch "
+                f"thread{'' if m['torch_threads'] == 1 else 's'}), "
                 f"torch {record['torch_version']}")
         if text not in seen:
             seen.append(text)
@@ -101,9 +274,10 @@ def describe_machines(records: Sequence[dict]) -> str:
 
 
 def render_report(records: Sequence[dict], plots: Sequence[str] = (),
-                  source: str = "results/runs.jsonl") -> str:
+                  source: str = "results/runs.jsonl", link=lambda path: path) -> str:
     """The README's results section, from records alone. ``plots``: image paths to show;
-    ``source``: the records file, named in the text."""
+    ``source``: the records file, named in the text; ``link``: a record's repository-relative
+    path as the markdown file links it."""
     found = latest(records)
     used = [found[e.id] for e in EXPERIMENTS if e.id in found]
     lines = []
@@ -151,6 +325,10 @@ def render_report(records: Sequence[dict], plots: Sequence[str] = (),
     for path in plots:
         lines += [f"![{Path(path).stem.replace('_', ' ')}]({path})", ""]
 
+    lines += equal_terms_section(found)
+    lines += deep_compression_section(found)
+    lines += sensitivity_section(found, link)
+
     if used:
         lines += ["#### Layer tables (calFLOP.py)", ""]
         for experiment in EXPERIMENTS:
@@ -190,8 +368,10 @@ def report(args):
     records = load_records(Path(args.records))
     target = Path(args.readme)
     shown_in = Path(args.output) if args.output and args.output != "-" else target
+    from benchmarks.records import ROOT
     block = render_report(records, existing_plots(Path(args.plots_dir), shown_in),
-                          source=relative(args.records))
+                          source=relative(args.records),
+                          link=lambda path: os.path.relpath(ROOT / path, shown_in.resolve().parent))
     if args.output == "-":
         sys.stdout.write(block)
     elif args.output:

@@ -41,17 +41,58 @@ def git_commit() -> Optional[str]:
     return out.stdout.strip() or None
 
 
+def rate_flags(experiment: Experiment, flags: List[str], source: dict) -> List[str]:
+    """The pruning rates a sensitivity record proposes, as flags: its --layer_rates, or one global
+    --cut_rate that keeps as many of the analysed weights (1 - 1/compression)."""
+    from pruners.sensitivity import format_rates
+    flags = [f for f in flags if not f.startswith("--cut_rate=")]
+    if experiment.rates_as == "layer":
+        return flags + [f"--layer_rates={format_rates(source['rates'])}"]
+    return flags + [f"--cut_rate={1 - 1 / source['proposal']['compression']:.6f}"]
+
+
 def experiment_argv(experiment: Experiment, quick: bool, data_dir: Path, checkpoint_dir: Path,
-                    parent_path: Optional[str], verify_data: bool = True) -> List[str]:
+                    parent_path: Optional[str], verify_data: bool = True,
+                    rates_source: Optional[dict] = None, out_dir: Optional[Path] = None) -> List[str]:
     argv = list(experiment.quick if quick else experiment.flags)
+    if rates_source is not None:
+        argv = rate_flags(experiment, argv, rates_source)
     if experiment.script == "baseline":
         argv = [f"--model={experiment.model}"] + argv
     else:
         argv = [f"--load_folder_model={parent_path}"] + argv
-    return argv + [f"--data_dir={relative(data_dir)}", f"--checkpoint_dir={relative(checkpoint_dir)}",
-                   "--seed=0", f"--inference_batch_size={INFERENCE_BATCH}",
-                   f"--inference_sampling={10 if quick else 100}", "--device=cpu",
-                   "--no_download", "--no_progress"] + ([] if verify_data else ["--no_verify_data"])
+    common = [f"--data_dir={relative(data_dir)}", f"--checkpoint_dir={relative(checkpoint_dir)}",
+              "--seed=0", "--device=cpu", "--no_download", "--no_progress"]
+    if experiment.script == "sensitivity":  # its CSV, plot and proposed rates beside the records
+        return argv + [f"--output={relative(Path(out_dir) / f'{experiment.id}.csv')}"] + common + (
+            [] if verify_data else ["--no_verify_data"])
+    return argv + common[:3] + [f"--inference_batch_size={INFERENCE_BATCH}",
+                                f"--inference_sampling={10 if quick else 100}"] + common[3:] + (
+        [] if verify_data else ["--no_verify_data"])
+
+
+def run_sensitivity(experiment: Experiment, argv: List[str], quick: bool, parent: dict) -> dict:
+    """sensitivity.py's main() in this process; the record keeps its proposal and where its
+    CSV and plot are (the curves themselves stay in the CSV)."""
+    import torch
+    import sensitivity
+    print(f"\n=== {experiment.id}: python sensitivity.py {shlex.join(argv)}", flush=True)
+    started = datetime.now(timezone.utc)
+    wall = time.perf_counter()
+    result = sensitivity.main(argv)
+    wall = time.perf_counter() - wall
+    csv_path = Path(result["csv"])
+    plot_path = csv_path.with_suffix(".png")
+    return {
+        "experiment": experiment.id, "quick": quick,
+        "command": f"python sensitivity.py {shlex.join(argv)}", "script": "sensitivity.py",
+        "argv": argv, "model": parent["model"], "dataset": parent["dataset"],
+        "parent": Path(parent["checkpoint"]).name, "parent_top1_acc": parent.get("top1_acc"),
+        "csv": relative(csv_path), "plot": relative(plot_path) if plot_path.is_file() else None,
+        "rates": result["rates"], "proposal": result["proposal"],
+        "wall_seconds": wall, "machine": machine(), "torch_version": torch.__version__,
+        "git": git_commit(), "date": started.isoformat(timespec="seconds"),
+    }
 
 
 def run_experiment(experiment: Experiment, argv: List[str], quick: bool, test_images) -> dict:
@@ -111,6 +152,9 @@ def run_experiment(experiment: Experiment, argv: List[str], quick: bool, test_im
                       parent_flops=before["flops"], parent_inference=before["throughput"],
                       parent_latency=before["latency"], parent_checkpoint_bytes=result["sizes"]["before"],
                       speedup=before["throughput"]["median_ms"] / after["throughput"]["median_ms"])
+        if "compression" in result:  # --quantize: Deep Compression's stages (pruners/quantization.py)
+            record["compression"] = {**result["compression"],
+                                     "path": relative(result["compression"]["path"])}
     return record
 
 
@@ -165,11 +209,23 @@ def run_all(chosen, args, records_path, known, test_images):
                 raise UserError(f"{experiment.id} prunes {experiment.parent}'s checkpoint, which "
                                 f"{relative(records_path)} does not hold; run --only {experiment.parent}")
             parent_path = parent["checkpoint"]
+        rates_source = None
+        if experiment.rates_from:
+            rates_source = known.get(experiment.rates_from)
+            if rates_source is None:
+                raise UserError(f"{experiment.id} takes its rates from {experiment.rates_from}, "
+                                f"which {relative(records_path)} does not hold; run --only "
+                                f"{experiment.rates_from}")
         argv = experiment_argv(experiment, args.quick, Path(args.data_dir), Path(args.checkpoint_dir),
-                               parent_path, verify_data=not args.no_verify_data)
-        record = run_experiment(experiment, argv, args.quick, test_images)
+                               parent_path, verify_data=not args.no_verify_data,
+                               rates_source=rates_source, out_dir=records_path.parent)
+        if experiment.script == "sensitivity":
+            record = run_sensitivity(experiment, argv, args.quick, known[experiment.parent])
+        else:
+            record = run_experiment(experiment, argv, args.quick, test_images)
         append_record(records_path, record)
         known[experiment.id] = record
-        print(f"recorded {experiment.id}: top-1 {record['top1_acc']:.2%}, "
-              f"{record['wall_seconds']:.0f} s", flush=True)
+        outcome = (f"top-1 {record['top1_acc']:.2%}" if "top1_acc" in record
+                   else f"rates {record['rates']}")
+        print(f"recorded {experiment.id}: {outcome}, {record['wall_seconds']:.0f} s", flush=True)
 

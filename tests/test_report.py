@@ -295,7 +295,7 @@ def test_bad_records_and_names_are_user_errors(tmp_path):
         select(["lenet_9"])
     assert [e.id for e in select(["fpgm", "baseline_lenet_5"])] == \
         ["baseline_lenet_5", "fpgm_40_lenet_5_caffe", "fpgm_40_resnet20_fashion",
-         "fpgm_40_residual_resnet20_fashion"]
+         "fpgm_40_residual_resnet20_fashion", "fpgm_mix_40_resnet20_fashion"]
 
 
 def test_every_pruning_experiment_names_a_baseline_that_runs_before_it():
@@ -363,3 +363,52 @@ def test_accuracy_plot_from_records_alone(tmp_path, records_file, capsys):
     assert code == 0 and "no weight histogram" in capsys.readouterr().out
     assert (tmp_path / "accuracy_vs_weights_kept.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not (tmp_path / "weight_histogram.png").exists()
+
+
+# --- side tables: methods on equal terms, Deep Compression ------------------------------------
+
+def structured_record(experiment, method, top1, **flags):
+    return record(experiment, model="resnet20", dataset="fashion_mnist", method=method,
+                  flags={"epochs": 3, "cut_rate": 0.4, **flags}, top1_acc=top1,
+                  parent="resnet20_base.pt", parent_top1_acc=0.921, parameters=165_784,
+                  nonzero=165_784, nonzero_flops=38_301_248, parent_flops=61_642_496, speedup=1.08,
+                  pruning={"mode": "soft", "finetune_epochs": 1})
+
+
+def test_equal_terms_table_says_where_fpgm_is_not_better():
+    records = [structured_record("fpgm_40_resnet20_fashion", "fpgm", 0.9057),
+               structured_record("l1norm_40_resnet20_fashion", "l1norm", 0.9071),
+               structured_record("sfp_40_resnet20_fashion", "sfp", 0.9001),
+               structured_record("fpgm_mix_40_resnet20_fashion", "fpgm", 0.9057, cut_rate=0.3,
+                                 fpgm_norm_rate=0.1)]
+    from benchmarks.results_report import equal_terms_section
+    text = "\n".join(equal_terms_section(latest(records)))
+    header, rows = table_cells(text, "Method")
+    assert header[:3] == ["Method", "Schedule", "Top1 before -> after"]
+    assert [r[0] for r in rows] == ["FPGM (He et al. 2019)", "L1 norm (Li et al. 2017)",
+                                    "SFP (He et al. 2018)", "FPGM-mix (30% median + 10% norm)"]
+    assert rows[1][2] == "92.10% -> 90.71%" and rows[0][3] == "-37.9%"
+    assert ("FPGM is not better here: L1 norm (Li et al. 2017) (90.71%), FPGM-mix (30% median + "
+            "10% norm) (90.57%) reach at least FPGM's 90.57%") in text
+
+
+def test_deep_compression_table_from_the_records_compression_figures():
+    from benchmarks.results_report import deep_compression_section
+    rec = record("deep_compression_lenet_300_100", model="lenet_300_100", method="songhan",
+                 checkpoint="checkpoints/x.pt",
+                 flags={"epochs": 10, "pruning_epochs": 4, "cut_rate": 0.92, "quantize": True},
+                 compression={"sizes": {"dense": 1_066_440, "pruned": 126_000, "quantized": 30_000,
+                                        "huffman": 25_000},
+                              "accuracy": {"dense": 0.9838, "pruned": 0.9836, "quantized": 0.9837,
+                                           "huffman": 0.9837},
+                              "dense_parameters": 266_610, "ratio": 1_066_440 / 25_000,
+                              "path": "checkpoints/x.compressed"})
+    text = "\n".join(deep_compression_section(latest([rec])))
+    _, rows = table_cells(text, "Model")
+    assert [r[1:5] for r in rows] == [
+        ["dense float32 weights", "1,066,440", "1.0x", "98.38%"],
+        ["pruned", "126,000", "8.5x", "98.36%"],
+        ["pruned + quantized", "30,000", "35.5x", "98.37%"],
+        ["pruned + quantized + Huffman", "25,000", "42.7x", "98.37%"]]
+    assert "lenet_300_100: 42.7x against the target 40x (met); top-1 +0.01 points" in text
+    assert "(within 0.1)" in text
