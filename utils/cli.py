@@ -142,6 +142,7 @@ def add_training_args(parser, epochs: int, learning_rate, learning_rate_help="le
     group.add_argument("--seed", type=int_in(0, MAX_SEED), default=0,
                        help="seed for initialisation, batch order, augmentation and dropout")
     group.add_argument("--no_progress", action="store_true", help="hide the per-epoch progress bars")
+    training.add_acceleration_args(group)
 
 
 def add_validation_arg(parser):

@@ -4,31 +4,53 @@ Two models are compared in alternating rounds, so a burst of load on a shared ma
 instead of deciding the ratio."""
 import statistics
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
 from utils.modes import eval_mode
 
 
-def _sync(device: torch.device):
-    if device.type == "cuda":
+def _sync(device: Optional[torch.device]):
+    if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_calls(fn: Callable[[], object], samples: int, warmup: int = 0,
+               device: Optional[torch.device] = None) -> List[float]:
+    """Milliseconds per call of ``fn()``, each synchronised on CUDA, after ``warmup`` untimed
+    calls. Timing a training step (benchmarks/train_speed.py) is this with autograd on."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(samples):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def alternate_calls(fns: Dict[str, Callable[[], object]], rounds: int, samples: int,
+                    warmup: int = 0, device: Optional[torch.device] = None
+                    ) -> Dict[str, List[List[float]]]:
+    """Per name, per round, the milliseconds of ``samples`` calls of that function after
+    ``warmup`` untimed ones; the functions take turns round by round (the order rotating each
+    round, so none always runs first after another's caches), so a burst of load on a shared
+    machine hits all of them instead of deciding their ratios."""
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(time_calls(fns[name], samples, warmup, device))
+    return times
 
 
 @torch.inference_mode()
 def _timed_passes(model: torch.nn.Module, images: torch.Tensor, samples: int, warmup: int) -> List[float]:
-    times = []
     with eval_mode(model):
-        for _ in range(warmup):
-            model(images)
-        _sync(images.device)
-        for _ in range(samples):
-            start = time.perf_counter()
-            model(images)
-            _sync(images.device)
-            times.append((time.perf_counter() - start) * 1000)
-    return times
+        return time_calls(lambda: model(images), samples, warmup, images.device)
 
 
 def summarize(times: List[float], batch_size: int) -> dict:

@@ -20,11 +20,16 @@ class TrainingSettings:
     lr_schedule: str = "cosine"
     seed: int = 0
     progress: bool = True
+    # Training speed (utils/training/acceleration.py): channels_last None means auto.
+    channels_last: Optional[bool] = None
+    compile: bool = False
+    amp: Optional[str] = None
 
     @classmethod
     def from_args(cls, args, **overrides) -> "TrainingSettings":
         """The fields the command line gives (flags of the same names; ``--no_progress``);
-        ``overrides`` replace any of them."""
+        ``overrides`` replace any of them. A flag left None (``--channels_last`` auto,
+        ``--amp`` off) keeps the field's default, which means the same."""
         values = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)
                   if getattr(args, field.name, None) is not None}
         if hasattr(args, "no_progress"):
