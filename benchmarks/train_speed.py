@@ -19,6 +19,7 @@ range printed beside it), so a burst of load on a shared machine hits every opti
 torch.compile runs with dynamic=False, as the training loop uses it. --cold_compile turns off
 inductor's on-disk caches so the compile time is a first run's.
 """
+import argparse
 import copy
 import math
 import statistics
@@ -37,7 +38,7 @@ from utils.errors import UserError  # noqa: E402
 from utils.timing import alternate_calls, time_calls  # noqa: E402
 from utils.training.acceleration import TrainingAccelerator, compile_unavailable_reason  # noqa: E402
 
-# option name -> (channels_last, compile)
+# option name -> (channels_last, compile); --amp and --cpu_bf16 add autocast variants
 OPTIONS = {
     "default": (False, False),
     "channels_last": (True, False),
@@ -51,7 +52,6 @@ DEFAULT_RUNS = ("lenet_5_caffe:mnist", "lenet_5:mnist", "resnet20:cifar10",
 
 def run_spec(text: str):
     """'model:dataset[:batch]' -> (model, dataset, batch or None)."""
-    import argparse
     parts = text.split(":")
     if len(parts) not in (2, 3):
         raise argparse.ArgumentTypeError(f"expected model:dataset[:batch], got {text!r}")
@@ -73,7 +73,7 @@ def get_args_parser():
                         help="models on their datasets' input shapes, each at --batch_size "
                              "unless a batch is given (default: " + " ".join(DEFAULT_RUNS) + ")")
     parser.add_argument("--options", nargs="+", choices=list(OPTIONS), default=list(OPTIONS),
-                        help="what to time; default is always timed, as the reference")
+                        help="what to time; default is always timed too, the reference of the ratios")
     cli.add_comparison_timing_args(parser, batch_size=128, samples=3, warmup=1, rounds=5)
     parser.add_argument("--min_round_s", type=cli.non_negative_float, default=1.0,
                         help="more timed steps per round than --samples where a step is fast, "

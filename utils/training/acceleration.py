@@ -4,19 +4,24 @@ on CUDA. One object, TrainingAccelerator, holds the choices; the training loop a
 ``restore`` when training ends, so the training-time memory format never leaks out of fit (other
 code calls ``.view`` on weights and fx-traces the plain model).
 
-Defaults come from benchmarks/train_speed.py on this project's 2-core AMD EPYC CPU (AVX2, no
-AVX-512), torch 2.14, batch 128, Adam, medians of alternating rounds:
+Defaults come from benchmarks/train_speed.py on this project's shared 2-core AMD EPYC CPU (AVX2,
+no AVX-512), torch 2.14, Adam, batch 128 (alexnet 32, vgg16_bn 16), medians of alternating
+rounds; no GPU was available to measure:
 
-- channels_last: "auto" turns it on on the CPU for models with 2-D convolutions: training steps
-  measured 1.05-1.25x faster (see CHANNELS_LAST_HELP), and the same losses within float
-  rounding. Off on CUDA unless asked for: not measured here, and in float32 it mainly pays with
-  tensor-core AMP.
-- compile: off unless asked for. The compiled steps were faster, but compiling took 30-70 s per
-  model on this CPU (again for each new batch shape, and again after FPGM's physical removal
-  builds a new model), which a run of a few epochs does not win back (see COMPILE_HELP).
-- amp: off unless asked for, and CUDA only. bf16 autocast on this CPU made a lenet_5_caffe step
-  6.7x slower and a resnet20 step 6.2x slower (no native bf16 arithmetic), so --amp on a CPU is a
-  user error rather than a silent slowdown.
+- channels_last: "auto" turns it on on the CPU for the models measured faster with it
+  (CPU_CHANNELS_LAST_SPEEDUP: 1.13-1.46x for lenet_5_caffe, lenet_5, resnet20, resnet56,
+  alexnet), off for vgg16_bn (0.88x) and every model not measured, and off on CUDA (not
+  measured). Losses, gradients and BatchNorm statistics match the default layout to float
+  rounding (tests/test_acceleration.py); lenet_5_caffe's accuracy after 2 MNIST epochs differed
+  by -0.0002 on average over 3 seeds, whose own spread was 0.0023
+  (benchmarks/accel_accuracy.py).
+- compile: off unless asked for. Steady steps ran 0.43x (lenet_5) to 1.35x (resnet20) the
+  default's speed, and the first step compiled for 17-90 s (cold caches); it compiles again for
+  each new batch shape (an epoch's last, partial batch) and for each new model (FPGM's compact
+  one), so runs of a few epochs do not win it back.
+- amp: off unless asked for, and CUDA only. bf16 autocast on this CPU made training steps 2-20x
+  slower (0.05-0.44x: no native bf16 arithmetic), so --amp on a CPU is a user error rather than
+  a silent slowdown.
 """
 import os
 import shutil
@@ -31,29 +36,32 @@ from utils.errors import UserError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-# Training-step speed-up of channels_last over the default layout on the CPU, by model: medians
-# of benchmarks/train_speed.py (2-core AMD EPYC, AVX2, torch 2.14, Adam; batch 128, alexnet 32,
-# vgg16_bn 16). --channels_last=auto turns it on where it is at least PAYS; rerun the benchmark
-# and update these on other hardware.
+# Training-step speed-up of channels_last over the default layout on the CPU, by model: the
+# median over 2-4 runs of benchmarks/train_speed.py (2-core AMD EPYC, AVX2, torch 2.14, Adam;
+# batch 128, alexnet 32, vgg16_bn 16; 1 and 2 threads; resnet20 on 3x32x32, 1.22x on 1x28x28).
+# --channels_last=auto turns it on where it is at least PAYS; rerun the benchmark and update
+# these on other hardware.
 CPU_CHANNELS_LAST_SPEEDUP = {
-    "lenet_5_caffe": 0.0, "lenet_5": 0.0, "resnet20": 0.0, "resnet56": 0.0, "alexnet": 0.0,
-    "vgg16_bn": 0.0,
+    "lenet_5_caffe": 1.46, "lenet_5": 1.19, "resnet20": 1.16, "resnet56": 1.16, "alexnet": 1.13,
+    "vgg16_bn": 0.88,
 }
 PAYS = 1.05
 
 # Help texts carry the measurements behind each default (benchmarks/train_speed.py).
 CHANNELS_LAST_HELP = (
     "train in the channels_last memory format (True|False|auto; --channels_last alone means "
-    "True). auto: on on the CPU for the models whose training steps benchmarks/train_speed.py "
-    f"measured at least {PAYS}x faster that way on this project's 2-core CPU ("
+    "True). auto: used on the CPU for the models whose training steps "
+    f"benchmarks/train_speed.py measured at least {PAYS}x faster that way on this project's "
+    "2-core CPU ("
     + ", ".join(f"{name} {x:.2f}x" for name, x in CPU_CHANNELS_LAST_SPEEDUP.items())
     + "); off for other models, and on CUDA (not measured)")
 COMPILE_HELP = (
     "train through torch.compile (True|False; --compile alone means True). Measured on the "
-    "2-core CPU: steps up to 1.3x faster, but the compile itself took 30-70 s per model and "
-    "batch shape (again after FPGM builds the compact model), so only long runs win it back")
+    "2-core CPU (benchmarks/train_speed.py): steps 1.1-1.35x faster for the ResNets but slower "
+    "for lenet_5 (0.43x) and vgg16_bn, and the first step compiles for 17-90 s, again for each "
+    "new batch shape and after FPGM builds the compact model: only long runs win it back")
 AMP_HELP = ("mixed-precision training on CUDA: bf16 autocast, or fp16 autocast with a gradient "
-            "scaler. Not on the CPU: bf16 autocast made training steps about 6x slower there")
+            "scaler. Refused on the CPU: bf16 autocast made training steps 2-20x slower there")
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -129,7 +137,7 @@ class TrainingAccelerator:
             raise UserError(f"--amp must be one of {', '.join(AMP_DTYPES)} or off, got {amp!r}")
         if amp is not None and device.type != "cuda":
             raise UserError(f"--amp={amp} needs a CUDA device (the device is {device.type}); on "
-                            "this CPU bf16 autocast made training about 6x slower: drop --amp")
+                            "a CPU bf16 autocast made training 2-20x slower here: drop --amp")
         if amp == "bf16" and not torch.cuda.is_bf16_supported():
             raise UserError("--amp=bf16 needs a GPU with bfloat16 support (Ampere or later); "
                             "use --amp=fp16")
