@@ -263,9 +263,13 @@ class TrainingAccelerator:
 def auto_channels_last(model: nn.Module, device: torch.device) -> bool:
     """What ``--channels_last=auto`` means: on the CPU, on for the models whose training steps
     benchmarks/train_speed.py measured at least ``PAYS`` times faster in channels_last; off for
-    every other model and device (not measured, or measured slower)."""
+    every other model and device (not measured, or measured slower), and off for a model under
+    torch.nn.utils.prune masks: songhan's masked retraining of lenet_5_caffe ran several times
+    slower in channels_last here (the masked weight is rebuilt in the default layout every step)."""
     name = getattr(type(_unwrap(model)), "registry_name", None)
-    return (torch.device(device).type == "cpu" and has_conv_weights(model)
+    masked = any(isinstance(hook, prune.BasePruningMethod) for m in _unwrap(model).modules()
+                 for hook in m._forward_pre_hooks.values())
+    return (torch.device(device).type == "cpu" and has_conv_weights(model) and not masked
             and CPU_CHANNELS_LAST_SPEEDUP.get(name, 0.0) >= PAYS)
 
 
