@@ -165,8 +165,11 @@ def fit(model: nn.Module, train, monitor, settings: TrainingSettings, *,
         print_fn(f"{phase}: resumed after epoch {current['epoch']}")
     loader = train.batches(settings.batch_size, shuffle=True, augment=augment, generator=generator)
     accelerator = TrainingAccelerator.from_settings(settings, train.device, model)
+    # Convert the layout before DistributedDataParallel lays out its gradient buckets (after,
+    # it copies every gradient on every step); prepare() on the wrapper then only compiles it.
+    accelerator.prepare(model)
     wrapped = _distributed(model, settings)
-    trained = accelerator.prepare(wrapped)
+    trained = accelerator.prepare(wrapped) if wrapped is not model or accelerator.compile else model
     try:
         for epoch in range(first, epochs + 1):
             stats = train_one_epoch(trained, loader, optimizer, epoch, after_step,
