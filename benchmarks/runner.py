@@ -71,16 +71,21 @@ def experiment_argv(experiment: Experiment, quick: bool, data_dir: Path, checkpo
         [] if verify_data else ["--no_verify_data"])
 
 
+def _timed_main(experiment: Experiment, script: str, module, argv: List[str]):
+    """(what ``module.main(argv)`` returned, its wall seconds, when it started), announced."""
+    print(f"\n=== {experiment.id}: python {script}.py {shlex.join(argv)}", flush=True)
+    started = datetime.now(timezone.utc)
+    wall = time.perf_counter()
+    result = module.main(argv)
+    return result, time.perf_counter() - wall, started
+
+
 def run_sensitivity(experiment: Experiment, argv: List[str], quick: bool, parent: dict) -> dict:
     """sensitivity.py's main() in this process; the record keeps its proposal and where its
     CSV and plot are (the curves themselves stay in the CSV)."""
     import torch
     import sensitivity
-    print(f"\n=== {experiment.id}: python sensitivity.py {shlex.join(argv)}", flush=True)
-    started = datetime.now(timezone.utc)
-    wall = time.perf_counter()
-    result = sensitivity.main(argv)
-    wall = time.perf_counter() - wall
+    result, wall, started = _timed_main(experiment, "sensitivity", sensitivity, argv)
     csv_path = Path(result["csv"])
     plot_path = csv_path.with_suffix(".png")
     return {
@@ -104,11 +109,7 @@ def run_experiment(experiment: Experiment, argv: List[str], quick: bool, test_im
     from utils.reporting.tables import model_table
 
     script = {"baseline": baseline, "pruning": pruning}[experiment.script]
-    print(f"\n=== {experiment.id}: python {experiment.script}.py {shlex.join(argv)}", flush=True)
-    started = datetime.now(timezone.utc)
-    wall = time.perf_counter()
-    result = script.main(argv)
-    wall = time.perf_counter() - wall
+    result, wall, started = _timed_main(experiment, experiment.script, script, argv)
 
     loaded = load_checkpoint(result["path"])
     model = build_model(loaded)
