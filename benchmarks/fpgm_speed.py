@@ -10,7 +10,10 @@
    as calFLOP.py counts them), throughput at --batch_size and latency at batch 1, each the median
    of --rounds rounds that alternate dense and compact (so load from other processes hits both
    alike), every round itself a median of --samples passes after warm-up, in eval mode under
-   torch.inference_mode.
+   torch.inference_mode. Models with BatchNorm are also timed with it folded into the conv
+   before it (--inference), as a deployment runtime runs them: BatchNorm's passes over the
+   activations shrink only with the width, a conv's work with input x output width, so eager
+   PyTorch understates what a compact model buys where it is deployed.
 2. alexnet end to end on a small MNIST subset (--alexnet_images training images, one epoch):
    train the dense model, prune it with fpgm through the same pruner and shared training loop
    pruning.py uses (one soft-pruning epoch), compact it, and print accuracy, FLOPs and speed-up.
@@ -28,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
 from models.compact import compact_model  # noqa: E402
+from models.inference import batchnorm_count, fold_batchnorm  # noqa: E402
 from pruners import PruneContext, create_pruner  # noqa: E402
 from pruners.structured import paper_counted_flops  # noqa: E402
 from utils import checkpoints, cli  # noqa: E402
@@ -61,6 +65,9 @@ def get_args_parser():
     parser.add_argument("--resnet50_samples", type=cli.positive_int, default=2,
                         help="timed passes per round for resnet50 (a batch of 64 at 224x224 is "
                              "about 530 GFLOP: seconds per pass on a CPU)")
+    parser.add_argument("--inference", choices=("eager", "folded", "both"), default="both",
+                        help="time models as trained (eager), with BatchNorm folded into the layer "
+                             "before it (as a deployment runtime runs them), or both")
     parser.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=0,
                         help="seed for weights, order and dropout")
     cli.add_threads_arg(parser)
@@ -82,26 +89,44 @@ def flops(model) -> int:
     return sum(s.flops for s in layer_stats(model, model.input_shape))
 
 
-def alternate_timing(dense, compact, images, rounds, samples, warmup) -> dict:
-    """Median ms per pass of each model, over rounds that alternate the two."""
-    medians = {"dense": [], "compact": []}
+def alternate_timing(models_by_name, images, rounds, samples, warmup) -> dict:
+    """Median ms per pass of each model, over rounds that alternate them."""
+    medians = {key: [] for key in models_by_name}
     for _ in range(rounds):
-        for key, model in (("dense", dense), ("compact", compact)):
+        for key, model in models_by_name.items():
             medians[key].append(time_inference(model, images, samples, warmup)["median_ms"])
     return {key: statistics.median(values) for key, values in medians.items()}
 
 
+def inference_forms(dense, compact, inference: str) -> dict:
+    """The (dense, compact) pairs to time: as trained (eager PyTorch) and with BatchNorm folded
+    into the layer before it, as a deployment runtime would run them (models/inference.py).
+    Models without BatchNorm have one form only."""
+    forms = {}
+    if inference in ("eager", "both") or batchnorm_count(dense) == 0:
+        forms["eager"] = (dense, compact)
+    if inference in ("folded", "both") and batchnorm_count(dense) > 0:
+        forms["folded"] = (fold_batchnorm(dense), fold_batchnorm(compact))
+    return forms
+
+
+FORM_LABELS = {"eager": "as trained", "folded": "BatchNorm folded"}
+
+
 def compare(dense, compact, args, samples, label, batch_size=None, claimed_flops=None):
-    """Print FLOPs, throughput and latency of dense vs compact; return the figures."""
+    """Print FLOPs, throughput and latency of dense vs compact, in each inference form (all
+    timed in the same alternating rounds); return the figures (top level: the first form)."""
     torch.manual_seed(args.seed)
     batch_size = batch_size or args.batch_size
     batch = torch.randn(batch_size, *dense.input_shape)
     single = batch[:1].clone()
     f_dense, f_compact = flops(dense), flops(compact)
-    throughput = alternate_timing(dense, compact, batch, args.rounds, samples, args.warmup)
-    latency = alternate_timing(dense, compact, single, args.rounds, samples, args.warmup)
     flop_ratio = f_dense / f_compact
-    speedup = throughput["dense"] / throughput["compact"]
+    forms = inference_forms(dense, compact, args.inference)
+    timed = {f"{form} {which}": model for form, pair in forms.items()
+             for which, model in zip(("dense", "compact"), pair)}
+    throughput = alternate_timing(timed, batch, args.rounds, samples, args.warmup)
+    latency = alternate_timing(timed, single, args.rounds, samples, args.warmup)
     print(f"\n{label}")
     print(f"  widths              {list(dense.widths)} -> {list(compact.widths)}")
     print(f"  parameters          {sum(p.numel() for p in dense.parameters()):,} -> "
@@ -111,13 +136,23 @@ def compare(dense, compact, args, samples, label, batch_size=None, claimed_flops
     if claimed_flops is not None:
         print(f"  paper's counting    {f_dense:,} -> {claimed_flops:,}  ({1 - claimed_flops / f_dense:.1%} "
               "fewer: each pruned conv at (1-r), (1-r)^2 after a pruned conv)")
-    for name, timing, size in (("throughput", throughput, batch_size), ("latency", latency, 1)):
-        print(f"  {name:<10} batch {size:<4} {timing['dense']:.3f} ms -> {timing['compact']:.3f} ms"
-              f"  ({size * 1000 / timing['dense']:,.0f} -> {size * 1000 / timing['compact']:,.0f} img/s, "
-              f"speed-up {timing['dense'] / timing['compact']:.2f}x)")
-    print(f"  throughput speed-up / FLOP ratio = {speedup / flop_ratio:.2f}")
-    return {"flop_ratio": flop_ratio, "throughput_speedup": speedup,
-            "latency_speedup": latency["dense"] / latency["compact"],
+    results = {}
+    for form in forms:
+        if len(forms) > 1:
+            print(f"  {FORM_LABELS[form]}:")
+        for name, timing, size in (("throughput", throughput, batch_size), ("latency", latency, 1)):
+            before, after = timing[f"{form} dense"], timing[f"{form} compact"]
+            print(f"  {name:<10} batch {size:<4} {before:.3f} ms -> {after:.3f} ms"
+                  f"  ({size * 1000 / before:,.0f} -> {size * 1000 / after:,.0f} img/s, "
+                  f"speed-up {before / after:.2f}x)")
+        speedup = throughput[f"{form} dense"] / throughput[f"{form} compact"]
+        print(f"  throughput speed-up / FLOP ratio = {speedup / flop_ratio:.2f}")
+        results[form] = {"throughput_speedup": speedup,
+                         "latency_speedup": latency[f"{form} dense"] / latency[f"{form} compact"],
+                         "throughput_ms": {"dense": throughput[f"{form} dense"],
+                                           "compact": throughput[f"{form} compact"]}}
+    first = results[next(iter(forms))]
+    return {"flop_ratio": flop_ratio, **first, "forms": results,
             "flops": {"dense": f_dense, "compact": f_compact, "paper_counting": claimed_flops}}
 
 

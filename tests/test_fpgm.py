@@ -320,11 +320,16 @@ def test_speed_benchmark_runs_and_reports_ratios(trained_checkpoint):
     path, _, data_dir = trained_checkpoint("lenet_5_caffe")
     results = fpgm_speed.main([f"--load_folder_model={path}", f"--data_dir={data_dir}", "--no_verify_data",
                                "--batch_size=8", "--rounds=1", "--samples=1", "--warmup=1",
-                               "--alexnet_images=32", "--alexnet_samples=1"])
+                               "--alexnet_images=32", "--alexnet_samples=1",
+                               "--architectures", "resnet56_residual_aligned", "--arch_batch_size=2"])
     # the FLOP ratio is exact: widths (20, 50, 500) -> (12, 30, 300) on 28x28 inputs
     assert results["lenet_5_caffe"]["flop_ratio"] == pytest.approx(4_586_000 / 1_791_600)
     assert results["alexnet"]["flop_ratio"] > 2
     assert all(r["throughput_speedup"] > 0 and r["latency_speedup"] > 0 for r in results.values())
+    # BatchNorm models are timed as trained and folded; a chain without BatchNorm as trained only
+    assert set(results["resnet56_residual_aligned"]["forms"]) == {"eager", "folded"}
+    assert set(results["lenet_5_caffe"]["forms"]) == {"eager"}
+    assert results["resnet56_residual_aligned"]["flop_ratio"] > 2.5
 
 
 def test_finetune_epochs_train_the_compact_model_and_the_report_counts_parameters(
