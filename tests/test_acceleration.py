@@ -266,3 +266,19 @@ def test_default_accelerator_is_the_plain_step():
         assert torch.equal(loss_a, loss_b)
     for x, y in zip(a.parameters(), b.parameters()):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("script", ["baseline", "pruning"])
+def test_amp_on_the_cpu_is_refused_before_any_data_is_read(script, tmp_path, monkeypatch, capsys):
+    import importlib
+    from utils import cli
+    module = importlib.import_module(script)
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was loaded before --amp was checked")
+
+    monkeypatch.setattr(cli, "load_data", no_data)
+    argv = ["--amp=bf16", "--device=cpu", f"--data_dir={tmp_path}", f"--checkpoint_dir={tmp_path}"]
+    argv += ["--load_folder_model=missing.pt"] if script == "pruning" else ["--model=lenet_5"]
+    with pytest.raises(UserError, match="needs a CUDA device"):
+        module.main(argv)

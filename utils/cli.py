@@ -347,6 +347,8 @@ def start_runtime(args) -> torch.device:
     launched the script (utils.distributed)."""
     apply_threads(args.threads)
     device = distributed.start(args.device)
+    if hasattr(args, "amp"):  # before any data is read: --amp on a CPU, --compile without a compiler
+        training.acceleration.check_acceleration(args.compile, args.amp, device)
     if getattr(args, "sync_bn", False):
         if not distributed.active():
             raise UserError("--sync_bn shares BatchNorm statistics between the processes of a "

@@ -118,6 +118,24 @@ def _refresh_pruned(model: nn.Module) -> None:
                 setattr(module, hook._tensor_name, hook.apply_mask(module))
 
 
+def check_acceleration(compile: bool, amp: Optional[str], device: torch.device,
+                       compile_backend: str = "inductor") -> None:
+    """The errors a user can cause with --compile and --amp, raised as soon as the device is
+    known (scripts call this before loading data; TrainingAccelerator again at construction)."""
+    if amp is not None and amp not in AMP_DTYPES:
+        raise UserError(f"--amp must be one of {', '.join(AMP_DTYPES)} or off, got {amp!r}")
+    if amp is not None and device.type != "cuda":
+        raise UserError(f"--amp={amp} needs a CUDA device (the device is {device.type}); on "
+                        "a CPU bf16 autocast made training 2-20x slower here: drop --amp")
+    if amp == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError("--amp=bf16 needs a GPU with bfloat16 support (Ampere or later); "
+                        "use --amp=fp16")
+    if compile and compile_backend == "inductor":
+        reason = compile_unavailable_reason(device)
+        if reason is not None:
+            raise UserError(f"--compile: {reason}; or train without --compile")
+
+
 class TrainingAccelerator:
     """channels_last, torch.compile and AMP for the training loop: ``prepare`` once before
     training, ``step`` for each batch, ``restore`` when training ends (also on an exception).
@@ -133,18 +151,7 @@ class TrainingAccelerator:
         builds kernels; "eager" only traces with dynamo and runs the captured graph as it is,
         which tests use to check tracing (hooks, masks, layouts) without a C++ compile."""
         device = torch.device("cpu" if device is None else device)
-        if amp is not None and amp not in AMP_DTYPES:
-            raise UserError(f"--amp must be one of {', '.join(AMP_DTYPES)} or off, got {amp!r}")
-        if amp is not None and device.type != "cuda":
-            raise UserError(f"--amp={amp} needs a CUDA device (the device is {device.type}); on "
-                            "a CPU bf16 autocast made training 2-20x slower here: drop --amp")
-        if amp == "bf16" and not torch.cuda.is_bf16_supported():
-            raise UserError("--amp=bf16 needs a GPU with bfloat16 support (Ampere or later); "
-                            "use --amp=fp16")
-        if compile and compile_backend == "inductor":
-            reason = compile_unavailable_reason(device)
-            if reason is not None:
-                raise UserError(f"--compile: {reason}; or train without --compile")
+        check_acceleration(compile, amp, device, compile_backend)
         self.channels_last = bool(channels_last)
         self.compile = bool(compile)
         self.compile_backend = compile_backend
