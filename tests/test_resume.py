@@ -133,3 +133,36 @@ def test_resume_refuses_changed_flags_and_other_files(tmp_path, mnist_dir, monke
     assert run_script(baseline.main, [f"--resume={damaged}"])[0] == 2
     err = capsys.readouterr().err
     assert "not a readable resumable state" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_fp16_loss_scale_is_saved_and_restored(tmp_path, monkeypatch):
+    """fp16 needs CUDA; a CPU GradScaler stands in for it: its scale doubles every step here, so
+    a resumed run that started from the default scale again would step differently."""
+    import models
+    from tests.test_training import _toy_split
+    from utils.training import TrainingSettings, fit, seed_everything
+    from utils.training.acceleration import TrainingAccelerator
+    from utils.training.run import TrainingRun, load_state
+
+    scalers = []
+
+    def with_scaler(cls, settings, device, model=None):
+        accelerator = TrainingAccelerator(device=device)
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0, growth_interval=1)
+        scalers.append(accelerator.scaler)
+        return accelerator
+
+    monkeypatch.setattr(TrainingAccelerator, "from_settings", classmethod(with_scaler))
+    settings = TrainingSettings(epochs=2, batch_size=64, learning_rate=0.01, progress=False)
+    state_path = tmp_path / "run.resume.pt"
+
+    def train(run, epochs):
+        model = models.create_model("lenet_300_100", (1, 28, 28), 10)
+        fit(model, _toy_split(), _toy_split(64, 1), settings, generator=seed_everything(0),
+            run=run, epochs=epochs, print_fn=lambda *_: None)
+
+    train(TrainingRun("baseline", [], state_path=state_path, save_every=1), epochs=1)
+    saved = load_state(state_path)["current"]["accelerator"]["scaler"]
+    assert saved["scale"] == scalers[-1].get_scale() == 2.0 * 2 ** 4  # 256 images / 64: 4 steps
+    train(TrainingRun("baseline", [], resumed=load_state(state_path)), epochs=2)
+    assert scalers[-1].get_scale() == 2.0 * 2 ** 8  # resumed at 32, four more steps

@@ -168,6 +168,8 @@ def fit(model: nn.Module, train, monitor, settings: TrainingSettings, *,
     # Convert the layout before DistributedDataParallel lays out its gradient buckets (after,
     # it copies every gradient on every step); prepare() on the wrapper then only compiles it.
     accelerator.prepare(model)
+    if current is not None:
+        accelerator.load_state_dict(current.get("accelerator", {}))
     wrapped = _distributed(model, settings)
     trained = accelerator.prepare(wrapped) if wrapped is not model or accelerator.compile else model
     try:
@@ -189,7 +191,7 @@ def fit(model: nn.Module, train, monitor, settings: TrainingSettings, *,
                      f"{stats['seconds']:.1f}s  ({stats['images_per_s']:.0f} img/s)")
             if run is not None:
                 run.epoch_done(index, epoch, epochs, model, optimizer, scheduler, generator,
-                               history)
+                               history, accelerator_state=accelerator.state_dict())
     finally:
         accelerator.restore(wrapped)  # contiguous again: other code views and traces the model
         if wrapped is not model:

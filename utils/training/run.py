@@ -145,9 +145,12 @@ class TrainingRun:
             self.phases.append(self._snapshot(index, name, model, generator, history))
 
     def epoch_done(self, index: int, epoch: int, epochs: int, model: nn.Module, optimizer,
-                   scheduler, generator: Optional[torch.Generator], history: list) -> None:
+                   scheduler, generator: Optional[torch.Generator], history: list,
+                   accelerator_state: Optional[dict] = None) -> None:
         """Logs the epoch's row; every ``save_every`` epochs (and at a phase's last epoch, so a
-        run killed between phases resumes after the one it finished) writes the state."""
+        run killed between phases resumes after the one it finished) writes the state.
+        ``accelerator_state``: TrainingAccelerator.state_dict() (fp16's loss scale, which grows
+        and shrinks with the run)."""
         self._step += 1
         if self.log is not None and distributed.is_main():
             self.log.log({"phase": self.phase_name, "epoch": epoch, "step": self._step,
@@ -157,7 +160,8 @@ class TrainingRun:
             current = self._snapshot(index, self.phase_name, model, generator, history)
             current.update(epoch=epoch,
                            optimizer=_optimizer_state_to_cpu(optimizer.state_dict()),
-                           scheduler=scheduler.state_dict() if scheduler is not None else None)
+                           scheduler=scheduler.state_dict() if scheduler is not None else None,
+                           accelerator=accelerator_state or {})
             self._save(current)
 
     @property
