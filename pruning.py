@@ -204,9 +204,8 @@ def main(argv=None):
         model, dataset, metrics, vars(args), parent=Path(parent["path"]).name,
         sparse=pruner.sparse_checkpoint, root_learning_rate=root_rate,
         validation=parent.get("validation"), pruning=pruner.metadata())
-    saved = distributed.on_main(lambda: checkpoints.save_checkpoint(
-        checkpoint, Path(args.checkpoint_dir) / name))
-    print(f"saved {saved}")
+    saved = distributed.on_main(lambda: save_once(run, checkpoint, Path(args.checkpoint_dir) / name))
+    run.track("pruned_checkpoint", lambda: str(saved), lambda _: None)
     distributed.check_same_weights(model)
     # Weight sharing, the compressed file and --export (pruners/quantization.py), on a copy;
     # under torchrun rank 0 does them alone.
@@ -229,6 +228,19 @@ def main(argv=None):
     claimed = (pruner.metadata().get("flops") or {}).get("paper_counting")
     print_report(before, after, train_seconds, sizes, saved, pruner.structured, claimed)
     return {**metrics, "sizes": sizes, "path": str(saved)}
+
+
+def save_once(run, checkpoint: dict, path: Path) -> Path:
+    """Save the pruned checkpoint, unless this run is resumed from a state saved after it was
+    (inside --quantize's fine-tuning): the resumed run rebuilt the same weights, so the file
+    already on disk is this checkpoint, not a second one to save beside it."""
+    earlier = run.resumed_value("pruned_checkpoint")
+    if earlier and Path(earlier).is_file():
+        print(f"kept {earlier} (saved before the interruption)")
+        return Path(earlier)
+    saved = checkpoints.save_checkpoint(checkpoint, path)
+    print(f"saved {saved}")
+    return saved
 
 
 if __name__ == "__main__":

@@ -166,3 +166,20 @@ def test_the_fp16_loss_scale_is_saved_and_restored(tmp_path, monkeypatch):
     assert saved["scale"] == scalers[-1].get_scale() == 2.0 * 2 ** 4  # 256 images / 64: 4 steps
     train(TrainingRun("baseline", [], resumed=load_state(state_path)), epochs=2)
     assert scalers[-1].get_scale() == 2.0 * 2 ** 8  # resumed at 32, four more steps
+
+
+def test_songhan_resumed_inside_quantize_fine_tuning_keeps_one_pruned_checkpoint(
+        tmp_path, trained_checkpoint, monkeypatch):
+    parent, _, data_dir = trained_checkpoint("lenet_300_100")
+    flags = ("--pruning_method=songhan", "--cut_rate=0.8", "--pruning_epochs=1", "--epochs=1",
+             "--quantize", "--quantize_epochs=2")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    assert run_script(pruning.main, _pruning_args(parent, data_dir, whole, *flags))[0] == 0
+    # Save 1 ends the pruning round; save 2 is the first quantized fine-tuning epoch.
+    _run_interrupted_then_resumed(monkeypatch, pruning.main,
+                                  _pruning_args(parent, data_dir, parts, *flags), 2)
+    names = lambda d: sorted(p.name for p in d.iterdir())  # noqa: E731
+    assert names(parts) == names(whole)  # the same files: no second copy of the pruned model
+    pruned = [p for p in parts.glob("*.pt") if "quantized" not in p.name]
+    assert len(pruned) == 1
+    _assert_same(_weights(pruned[0]), _weights(whole / pruned[0].name))

@@ -112,6 +112,11 @@ class TrainingRun:
         """State besides the weights that a phase changes (plain data and tensors)."""
         self._tracked[name] = _Tracked(get, set)
 
+    def resumed_value(self, name: str) -> Any:
+        """What tracked state ``name`` held when the resumed run last saved (None if nothing)."""
+        current = (self.resumed or {}).get("current") or {}
+        return current.get("tracked", {}).get(name)
+
     def begin_phase(self, name: str) -> int:
         self._phase += 1
         self.phase_name = name
