@@ -346,6 +346,7 @@ def test_finetune_epochs_train_the_compact_model_and_the_report_counts_parameter
     # a compact model is dense: the report says how many parameters are gone, not "sparsity"
     reduction = 1 - result["after"]["parameters"] / result["before"]["parameters"]
     assert f"({reduction:.1%} fewer" in out and "sparsity" not in out
+    assert "BatchNorm folded" not in out  # lenet_5_caffe has no BatchNorm to fold
 
 
 @pytest.mark.parametrize("filters,rate,multiple,expected", [
