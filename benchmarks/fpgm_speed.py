@@ -10,10 +10,11 @@
    as calFLOP.py counts them), throughput at --batch_size and latency at batch 1, each the median
    of --rounds rounds that alternate dense and compact (so load from other processes hits both
    alike), every round itself a median of --samples passes after warm-up, in eval mode under
-   torch.inference_mode. Models with BatchNorm are also timed with it folded into the conv
-   before it (--inference), as a deployment runtime runs them: BatchNorm's passes over the
-   activations shrink only with the width, a conv's work with input x output width, so eager
-   PyTorch understates what a compact model buys where it is deployed.
+   torch.inference_mode. Conv nets are also timed as a deployment runtime runs them
+   (--inference): BatchNorm folded into the conv before it, weights channels_last. BatchNorm's
+   passes and the layout reorders of contiguous convs cost in proportion to the width, a conv's
+   arithmetic to input x output width, so eager PyTorch understates what a compact model buys
+   where it is deployed.
 2. alexnet end to end on a small MNIST subset (--alexnet_images training images, one epoch):
    train the dense model, prune it with fpgm through the same pruner and shared training loop
    pruning.py uses (one soft-pruning epoch), compact it, and print accuracy, FLOPs and speed-up.
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
 from models.compact import compact_model  # noqa: E402
-from models.inference import batchnorm_count, fold_batchnorm  # noqa: E402
+from models.inference import differs_for_deployment, for_deployment  # noqa: E402
 from pruners import PruneContext, create_pruner  # noqa: E402
 from pruners.structured import paper_counted_flops  # noqa: E402
 from utils import checkpoints, cli  # noqa: E402
@@ -65,9 +66,9 @@ def get_args_parser():
     parser.add_argument("--resnet50_samples", type=cli.positive_int, default=2,
                         help="timed passes per round for resnet50 (a batch of 64 at 224x224 is "
                              "about 530 GFLOP: seconds per pass on a CPU)")
-    parser.add_argument("--inference", choices=("eager", "folded", "both"), default="both",
-                        help="time models as trained (eager), with BatchNorm folded into the layer "
-                             "before it (as a deployment runtime runs them), or both")
+    parser.add_argument("--inference", choices=("eager", "deployed", "both"), default="both",
+                        help="time models as trained (eager), as a deployment runtime runs them "
+                             "(BatchNorm folded into the layer before it, channels_last), or both")
     parser.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=0,
                         help="seed for weights, order and dropout")
     cli.add_threads_arg(parser)
@@ -99,18 +100,19 @@ def alternate_timing(models_by_name, images, rounds, samples, warmup) -> dict:
 
 
 def inference_forms(dense, compact, inference: str) -> dict:
-    """The (dense, compact) pairs to time: as trained (eager PyTorch) and with BatchNorm folded
-    into the layer before it, as a deployment runtime would run them (models/inference.py).
-    Models without BatchNorm have one form only."""
+    """The (dense, compact) pairs to time: as trained (eager PyTorch, contiguous) and as a
+    deployment runtime runs them: BatchNorm folded into the layer before it, conv weights
+    channels_last (models/inference.py). Models without BatchNorm or convs have one form."""
     forms = {}
-    if inference in ("eager", "both") or batchnorm_count(dense) == 0:
+    deployable = differs_for_deployment(dense)
+    if inference in ("eager", "both") or not deployable:
         forms["eager"] = (dense, compact)
-    if inference in ("folded", "both") and batchnorm_count(dense) > 0:
-        forms["folded"] = (fold_batchnorm(dense), fold_batchnorm(compact))
+    if inference in ("deployed", "both") and deployable:
+        forms["deployed"] = (for_deployment(dense), for_deployment(compact))
     return forms
 
 
-FORM_LABELS = {"eager": "as trained", "folded": "BatchNorm folded"}
+FORM_LABELS = {"eager": "as trained", "deployed": "deployed (BatchNorm folded, channels_last)"}
 
 
 def compare(dense, compact, args, samples, label, batch_size=None, claimed_flops=None):

@@ -153,9 +153,9 @@ def run_experiment(experiment: Experiment, argv: List[str], quick: bool, test_im
                       parent_flops=before["flops"], parent_inference=before["throughput"],
                       parent_latency=before["latency"], parent_checkpoint_bytes=result["sizes"]["before"],
                       speedup=before["throughput"]["median_ms"] / after["throughput"]["median_ms"])
-        if "folded_throughput" in after:  # BatchNorm folded, as a deployment runtime runs it
-            record["folded_speedup"] = (before["folded_throughput"]["median_ms"]
-                                        / after["folded_throughput"]["median_ms"])
+        if "deployed_throughput" in after:  # as a deployment runtime runs it (models/inference.py)
+            record["deployed_speedup"] = (before["deployed_throughput"]["median_ms"]
+                                          / after["deployed_throughput"]["median_ms"])
         if "compression" in result:  # --quantize: Deep Compression's stages (pruners/quantization.py)
             record["compression"] = {**result["compression"],
                                      "path": relative(result["compression"]["path"])}

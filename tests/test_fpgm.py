@@ -326,9 +326,9 @@ def test_speed_benchmark_runs_and_reports_ratios(trained_checkpoint):
     assert results["lenet_5_caffe"]["flop_ratio"] == pytest.approx(4_586_000 / 1_791_600)
     assert results["alexnet"]["flop_ratio"] > 2
     assert all(r["throughput_speedup"] > 0 and r["latency_speedup"] > 0 for r in results.values())
-    # BatchNorm models are timed as trained and folded; a chain without BatchNorm as trained only
-    assert set(results["resnet56_residual_aligned"]["forms"]) == {"eager", "folded"}
-    assert set(results["lenet_5_caffe"]["forms"]) == {"eager"}
+    # conv nets are timed as trained and deployed (BatchNorm folded, channels_last)
+    assert set(results["resnet56_residual_aligned"]["forms"]) == {"eager", "deployed"}
+    assert set(results["lenet_5_caffe"]["forms"]) == {"eager", "deployed"}
     assert results["resnet56_residual_aligned"]["flop_ratio"] > 2.5
 
 
@@ -346,7 +346,7 @@ def test_finetune_epochs_train_the_compact_model_and_the_report_counts_parameter
     # a compact model is dense: the report says how many parameters are gone, not "sparsity"
     reduction = 1 - result["after"]["parameters"] / result["before"]["parameters"]
     assert f"({reduction:.1%} fewer" in out and "sparsity" not in out
-    assert "BatchNorm folded" not in out  # lenet_5_caffe has no BatchNorm to fold
+    assert "speed-up, deployed" in out  # a conv net: timed channels_last too
 
 
 @pytest.mark.parametrize("filters,rate,multiple,expected", [

@@ -224,8 +224,8 @@ def test_fpgm_resnet_end_to_end_through_the_scripts(residual, tmp_path, mnist_di
     assert saved["config"]["options"] == {"shortcut": "A"}
     assert meta["flops"]["compact"] == result["after"]["flops"] < result["before"]["flops"]
     out = capsys.readouterr().out
-    assert "FLOPs (paper's counting)" in out and "speed-up, BatchNorm folded" in out
-    assert result["after"]["folded_throughput"]["median_ms"] > 0  # timed folded as well
+    assert "FLOPs (paper's counting)" in out and "speed-up, deployed" in out
+    assert result["after"]["deployed_throughput"]["median_ms"] > 0  # timed deployed as well
     code, table = run_script(calFLOP.main, [f"--load_folder_model={result['path']}", *common[:-1]])
     assert code == 0 and table["total"]["flops"] == result["after"]["flops"]
     assert table["total"]["original_flops"] == result["before"]["flops"]

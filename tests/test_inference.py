@@ -9,7 +9,7 @@ import torch.nn.utils.prune as prune
 
 import models
 from models.compact import compact_model, graph_of, pruned_sets, zero_channels
-from models.inference import batchnorm_count, fold_batchnorm
+from models.inference import batchnorm_count, fold_batchnorm, for_deployment
 from tests.test_graph import ARCHITECTURES, _random_batchnorm, _selection, small_widths
 
 
@@ -28,9 +28,13 @@ def test_folded_model_computes_what_the_model_does(name, options):
         folded = fold_batchnorm(candidate)
         assert candidate.training, "the model given is left in its own mode"
         assert batchnorm_count(candidate) == 0 or batchnorm_count(folded) < batchnorm_count(candidate)
+        deployed = for_deployment(candidate)
         candidate.eval()
         with torch.no_grad():
             torch.testing.assert_close(folded(x), candidate(x), atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(deployed(x), candidate(x), atol=1e-4, rtol=1e-4)
+        for conv in (m for m in deployed.modules() if isinstance(m, nn.Conv2d)):
+            assert conv.weight.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_every_batchnorm_of_the_cifar_networks_is_folded():
