@@ -7,10 +7,11 @@
    picks --cut_rate of every layer's filters and the compact model is built; a checkpoint that
    pruning.py already compacted is timed against a model of its original widths instead. Speed
    depends on the widths only, so no retraining is needed to time it. Printed: FLOPs (2 x MAC,
-   as calFLOP.py counts them), throughput at --batch_size and latency at batch 1, each the median
-   of --rounds rounds that alternate dense and compact (so load from other processes hits both
-   alike), every round itself a median of --samples passes after warm-up, in eval mode under
-   torch.inference_mode. Conv nets are also timed as a deployment runtime runs them
+   as calFLOP.py counts them), throughput at --batch_size and latency at batch 1 over --rounds
+   rounds in which dense and compact run back to back, every round a median of --samples passes
+   after warm-up, in eval mode under torch.inference_mode. Times are medians over the rounds;
+   a speed-up is the median of the rounds' own ratios (so load from other processes, which
+   comes and goes between rounds, moves both sides of each ratio alike). Conv nets are also timed as a deployment runtime runs them
    (--inference): BatchNorm folded into the conv before it, weights channels_last. BatchNorm's
    passes and the layout reorders of contiguous convs cost in proportion to the width, a conv's
    arithmetic to input x output width, so eager PyTorch understates what a compact model buys
@@ -69,6 +70,9 @@ def get_args_parser():
     parser.add_argument("--inference", choices=("eager", "deployed", "both"), default="both",
                         help="time models as trained (eager), as a deployment runtime runs them "
                              "(BatchNorm folded into the layer before it, channels_last), or both")
+    parser.add_argument("--conv_rates", action="store_true",
+                        help="only print the FLOP rate of single 3x3 convs at the widths resnet56 "
+                             "has before and after pruning, contiguous and channels_last, and exit")
     parser.add_argument("--seed", type=cli.int_in(0, cli.MAX_SEED), default=0,
                         help="seed for weights, order and dropout")
     cli.add_threads_arg(parser)
@@ -91,12 +95,18 @@ def flops(model) -> int:
 
 
 def alternate_timing(models_by_name, images, rounds, samples, warmup) -> dict:
-    """Median ms per pass of each model, over rounds that alternate them."""
-    medians = {key: [] for key in models_by_name}
+    """Per model, the median ms per pass of each round; the models take turns in every round."""
+    per_round = {key: [] for key in models_by_name}
     for _ in range(rounds):
         for key, model in models_by_name.items():
-            medians[key].append(time_inference(model, images, samples, warmup)["median_ms"])
-    return {key: statistics.median(values) for key, values in medians.items()}
+            per_round[key].append(time_inference(model, images, samples, warmup)["median_ms"])
+    return per_round
+
+
+def paired_speedup(per_round: dict, before: str, after: str) -> float:
+    """Median over rounds of the round's before/after ratio: the two ran back to back in each
+    round, so a burst of load on a shared machine moves both sides of a ratio together."""
+    return statistics.median(b / a for b, a in zip(per_round[before], per_round[after]))
 
 
 def inference_forms(dense, compact, inference: str) -> dict:
@@ -142,17 +152,19 @@ def compare(dense, compact, args, samples, label, batch_size=None, claimed_flops
     for form in forms:
         if len(forms) > 1:
             print(f"  {FORM_LABELS[form]}:")
+        speedups = {}
         for name, timing, size in (("throughput", throughput, batch_size), ("latency", latency, 1)):
-            before, after = timing[f"{form} dense"], timing[f"{form} compact"]
+            before = statistics.median(timing[f"{form} dense"])
+            after = statistics.median(timing[f"{form} compact"])
+            speedups[name] = paired_speedup(timing, f"{form} dense", f"{form} compact")
             print(f"  {name:<10} batch {size:<4} {before:.3f} ms -> {after:.3f} ms"
                   f"  ({size * 1000 / before:,.0f} -> {size * 1000 / after:,.0f} img/s, "
-                  f"speed-up {before / after:.2f}x)")
-        speedup = throughput[f"{form} dense"] / throughput[f"{form} compact"]
-        print(f"  throughput speed-up / FLOP ratio = {speedup / flop_ratio:.2f}")
-        results[form] = {"throughput_speedup": speedup,
-                         "latency_speedup": latency[f"{form} dense"] / latency[f"{form} compact"],
-                         "throughput_ms": {"dense": throughput[f"{form} dense"],
-                                           "compact": throughput[f"{form} compact"]}}
+                  f"speed-up {speedups[name]:.2f}x)")
+        print(f"  throughput speed-up / FLOP ratio = {speedups['throughput'] / flop_ratio:.2f}")
+        results[form] = {"throughput_speedup": speedups["throughput"],
+                         "latency_speedup": speedups["latency"],
+                         "throughput_ms": {"dense": statistics.median(throughput[f"{form} dense"]),
+                                           "compact": statistics.median(throughput[f"{form} compact"])}}
     first = results[next(iter(forms))]
     return {"flop_ratio": flop_ratio, **first, "forms": results,
             "flops": {"dense": f_dense, "compact": f_compact, "paper_counting": claimed_flops}}
@@ -167,6 +179,35 @@ ARCHITECTURES = {
                                   "resnet56", 0.4, True, 8),
     "resnet50": ("resnet50 (224x224), fpgm 30%, block-internal channels", "resnet50", 0.3, False, 1),
 }
+
+
+# (channels in = out, height = width): resnet56's stages dense (16, 32, 64) and at 40% with
+# --prune_residual --channel_multiple=8 (8, 24, 40), and unaligned (10, 20, 39).
+CONV_SHAPES = [(16, 32), (8, 32), (10, 32), (32, 16), (24, 16), (20, 16), (64, 8), (40, 8), (39, 8)]
+
+
+def conv_rates(args) -> dict:
+    """GFLOP/s of one 3x3 conv per shape, batch --arch_batch_size, both layouts: why a compact
+    model's speed-up falls short of its FLOP ratio where widths get small."""
+    rates = {}
+    print(f"\n3x3 conv, batch {args.arch_batch_size}, median of {args.rounds} rounds of "
+          f"{args.samples} passes: GFLOP/s contiguous (NCHW) | channels_last (NHWC)")
+    for channels, size in CONV_SHAPES:
+        conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
+        images = torch.randn(args.arch_batch_size, channels, size, size)
+        flop = 2 * args.arch_batch_size * channels * channels * 9 * size * size
+        layouts = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+        pairs = {layout: (copy.deepcopy(conv).to(memory_format=fmt), images.contiguous(memory_format=fmt))
+                 for layout, fmt in layouts.items()}
+        times = {layout: [] for layout in layouts}
+        for _ in range(args.rounds):  # the layouts take turns
+            for layout, (model, batch) in pairs.items():
+                times[layout].append(time_inference(model, batch, args.samples, args.warmup)["median_ms"])
+        row = {layout: flop / statistics.median(ms) / 1e6 for layout, ms in times.items()}
+        rates[(channels, size)] = row
+        print(f"  {channels:3d} channels at {size:2d}x{size:<2d}  {row['contiguous']:6.1f} | "
+              f"{row['channels_last']:6.1f}")
+    return rates
 
 
 def architectures(args):
@@ -238,6 +279,8 @@ def main(argv=None):
     cli.apply_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
           f"median of {args.rounds} alternating rounds")
+    if args.conv_rates:
+        return {"conv_rates": conv_rates(args)}
     results = {"lenet_5_caffe": lenet_5_caffe(args)}
     if args.alexnet_images > 0:
         results["alexnet"] = alexnet_end_to_end(args)

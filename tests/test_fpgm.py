@@ -315,6 +315,14 @@ def test_unknown_distance_is_an_argparse_error(caffe_checkpoint):
     assert code == 2
 
 
+def test_speed_benchmark_prints_conv_rates_per_width_and_layout():
+    from benchmarks import fpgm_speed
+    rates = fpgm_speed.main(["--conv_rates", "--arch_batch_size=1", "--rounds=1", "--samples=1",
+                             "--warmup=0"])["conv_rates"]
+    assert set(rates) == set(fpgm_speed.CONV_SHAPES)
+    assert all(r["contiguous"] > 0 and r["channels_last"] > 0 for r in rates.values())
+
+
 def test_speed_benchmark_runs_and_reports_ratios(trained_checkpoint):
     from benchmarks import fpgm_speed
     path, _, data_dir = trained_checkpoint("lenet_5_caffe")
