@@ -186,6 +186,7 @@ def deep_compression_section(found: Dict[str, dict]) -> List[str]:
             continue
         c, paper = record["compression"], DEEP_COMPRESSION_PAPER.get(record["model"], {})
         dense = c["sizes"]["dense"]
+        run = experiment.title.replace(" Deep Compression", "")  # two LeNet-5 runs: say which
         stages = [("dense float32 weights", "dense", paper.get("dense", NA),
                    f"{c['dense_parameters']:,} parameters x 4 bytes"),
                   ("pruned", "pruned", NA, f"the pruned checkpoint, {Path(record['checkpoint']).name}"),
@@ -195,13 +196,13 @@ def deep_compression_section(found: Dict[str, dict]) -> List[str]:
                    f"`{Path(c['path']).name}`, decoded bit-exact")]
         for label, key, theirs, what in stages:
             acc = c["accuracy"].get(key)
-            rows.append([record["model"], label, f"{c['sizes'][key]:,}",
+            rows.append([run, label, f"{c['sizes'][key]:,}",
                          f"{dense / c['sizes'][key]:.1f}x", NA if acc is None else f"{acc:.2%}",
                          theirs, what])
         target = paper.get("target")
         ratio, drop = c["ratio"], c["accuracy"]["huffman"] - c["accuracy"]["pruned"]
         if target:
-            notes.append(f"{record['model']}: {ratio:.1f}x against the target {target:g}x "
+            notes.append(f"{run}: {ratio:.1f}x against the target {target:g}x "
                          f"({'met' if ratio >= target else 'missed'}); top-1 {100 * drop:+.2f} points "
                          f"against the pruned model ("
                          f"{'within' if abs(drop) <= ACCURACY_TOLERANCE + 1e-12 else 'outside'} 0.1).")
@@ -210,7 +211,7 @@ def deep_compression_section(found: Dict[str, dict]) -> List[str]:
     return ["#### Deep Compression: pruning, weight sharing, Huffman coding", "",
             "Beside Han et al. 2016 (ICLR), Table 1. Sizes in bytes of whole files; ratio against "
             "the dense float32 weights; top-1 on the test set.", "",
-            markdown_table(["Model", "Stage", "Bytes", "Ratio", "Top1 Acc",
+            markdown_table(["Run", "Stage", "Bytes", "Ratio", "Top1 Acc",
                             "Han et al. 2016", "What"], rows,
                            align=["left", "left", "right", "right", "right", "left", "left"]), ""] + [
         "- " + note for note in notes] + ([""] if notes else [])

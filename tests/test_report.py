@@ -404,11 +404,12 @@ def test_deep_compression_table_from_the_records_compression_figures():
                               "dense_parameters": 266_610, "ratio": 1_066_440 / 25_000,
                               "path": "checkpoints/x.compressed"})
     text = "\n".join(deep_compression_section(latest([rec])))
-    _, rows = table_cells(text, "Model")
+    _, rows = table_cells(text, "Run")
+    assert {r[0] for r in rows} == {"LeNet-300-100"}  # the experiment's title names the run
     assert [r[1:5] for r in rows] == [
         ["dense float32 weights", "1,066,440", "1.0x", "98.38%"],
         ["pruned", "126,000", "8.5x", "98.36%"],
         ["pruned + quantized", "30,000", "35.5x", "98.37%"],
         ["pruned + quantized + Huffman", "25,000", "42.7x", "98.37%"]]
-    assert "lenet_300_100: 42.7x against the target 40x (met); top-1 +0.01 points" in text
+    assert "LeNet-300-100: 42.7x against the target 40x (met); top-1 +0.01 points" in text
     assert "(within 0.1)" in text
