@@ -139,15 +139,16 @@ def equal_terms_section(found: Dict[str, dict]) -> List[str]:
     parents = {r["parent"] for r in records}
     rows = [[_method_name(r), _schedule(r), f"{r['parent_top1_acc']:.2%} -> {r['top1_acc']:.2%}",
              f"{r['nonzero_flops'] / r['parent_flops'] - 1:+.1%}", f"{r['parameters']:,}",
-             f"{r['speedup']:.2f}x"] for r in records]
+             f"{r['speedup']:.2f}x",
+             f"{r['deployed_speedup']:.2f}x" if "deployed_speedup" in r else NA] for r in records]
     lines = ["#### Methods on equal terms (ResNet-20, Fashion-MNIST, 40% of filters)", "",
              f"Every run prunes the same baseline checkpoint ({', '.join(sorted(parents))}) with "
              f"batch 128 and the same epochs; each method keeps its paper's schedule (soft: "
              f"selected and zeroed after every epoch; fixed: selected once). One run each "
              f"(seed 0); run-to-run spread not measured.", "",
              markdown_table(["Method", "Schedule", "Top1 before -> after", "FLOPs (compact)",
-                             "Parameters", "Speed-up"], rows,
-                            align=["left", "left", "right", "right", "right", "right"]), ""]
+                             "Parameters", "Speed-up", "Deployed"], rows,
+                            align=["left", "left", "right", "right", "right", "right", "right"]), ""]
     fpgm = found.get("fpgm_40_resnet20_fashion")
     if fpgm is not None:
         others = [r for r in records if r is not fpgm]
@@ -173,7 +174,9 @@ def equal_terms_section(found: Dict[str, dict]) -> List[str]:
                  for count, names in sorted(threads.items())) + ".")
     lines += ["FLOPs: of the compact model against the baseline (2 x multiply-accumulate, one "
               "image); speed-up: the baseline's median batch time over the compact model's, timed "
-              f"in the same pruning.py process.{timed}", ""]
+              "in the same pruning.py process; deployed: the same with BatchNorm folded and "
+              "channels_last, as a deployment runtime runs them (n/a: recorded before pruning.py "
+              f"timed it).{timed}", ""]
     return lines
 
 
