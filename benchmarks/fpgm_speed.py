@@ -25,6 +25,7 @@ import argparse
 import copy
 import statistics
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -39,7 +40,8 @@ from pruners.structured import paper_counted_flops  # noqa: E402
 from utils import checkpoints, cli  # noqa: E402
 from utils.data import get_spec, load_dataset  # noqa: E402
 from utils.reporting.counting import FLOP_CONVENTION, layer_stats  # noqa: E402
-from utils.timing import time_inference  # noqa: E402
+from utils.modes import eval_mode  # noqa: E402
+from utils.timing import alternate_calls  # noqa: E402
 from utils.training import TrainingSettings, evaluate, fit, seed_everything  # noqa: E402
 
 
@@ -95,12 +97,12 @@ def flops(model) -> int:
 
 
 def alternate_timing(models_by_name, images, rounds, samples, warmup) -> dict:
-    """Per model, the median ms per pass of each round; the models take turns in every round."""
-    per_round = {key: [] for key in models_by_name}
-    for _ in range(rounds):
-        for key, model in models_by_name.items():
-            per_round[key].append(time_inference(model, images, samples, warmup)["median_ms"])
-    return per_round
+    """Per model, the median ms per pass of each round (utils.timing.alternate_calls: the models
+    take turns in every round), in eval mode under torch.inference_mode."""
+    with torch.inference_mode(), eval_mode(*models_by_name.values()):
+        times = alternate_calls({key: partial(model, images) for key, model in models_by_name.items()},
+                                rounds, samples, warmup, images.device)
+    return {key: [statistics.median(passes) for passes in per_round] for key, per_round in times.items()}
 
 
 def paired_speedup(per_round: dict, before: str, after: str) -> float:
@@ -196,14 +198,14 @@ def conv_rates(args) -> dict:
         conv = torch.nn.Conv2d(channels, channels, 3, padding=1, bias=False).eval()
         images = torch.randn(args.arch_batch_size, channels, size, size)
         flop = 2 * args.arch_batch_size * channels * channels * 9 * size * size
-        layouts = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-        pairs = {layout: (copy.deepcopy(conv).to(memory_format=fmt), images.contiguous(memory_format=fmt))
-                 for layout, fmt in layouts.items()}
-        times = {layout: [] for layout in layouts}
-        for _ in range(args.rounds):  # the layouts take turns
-            for layout, (model, batch) in pairs.items():
-                times[layout].append(time_inference(model, batch, args.samples, args.warmup)["median_ms"])
-        row = {layout: flop / statistics.median(ms) / 1e6 for layout, ms in times.items()}
+        calls = {layout: partial(copy.deepcopy(conv).to(memory_format=fmt),
+                                 images.contiguous(memory_format=fmt))
+                 for layout, fmt in (("contiguous", torch.contiguous_format),
+                                     ("channels_last", torch.channels_last))}
+        with torch.inference_mode():  # the layouts take turns in every round
+            times = alternate_calls(calls, args.rounds, args.samples, args.warmup)
+        row = {layout: flop / statistics.median(statistics.median(r) for r in per_round) / 1e6
+               for layout, per_round in times.items()}
         rates[(channels, size)] = row
         print(f"  {channels:3d} channels at {size:2d}x{size:<2d}  {row['contiguous']:6.1f} | "
               f"{row['channels_last']:6.1f}")
