@@ -26,7 +26,7 @@ with quiet_interrupt():
     from utils.masks import detached_copy, make_permanent
     from utils.reporting.console import format_timing, print_rows
     from utils.reporting.counting import FLOP_CONVENTION, count_parameters, layer_stats
-    from utils.timing import compare_inference, inference_batch
+    from utils.timing import compare_inference, inference_batch, speedup
     from utils.training import TrainingSettings, evaluate, seed_everything
     from utils.training.runlog import check_tensorboard
 
@@ -125,7 +125,7 @@ def _ratio(a, b) -> str:
 
 def _speed_ups(before: dict, after: dict, form: str = "") -> str:
     """'batch 1: 1.20x, batch 256: 1.50x' from the timings measure_speed stored under ``form``."""
-    ratio = lambda key: _ratio(before[form + key]["median_ms"], after[form + key]["median_ms"])  # noqa: E731
+    ratio = lambda key: f"{speedup(before[form + key], after[form + key]):.2f}x"  # noqa: E731
     return f"batch 1: {ratio('latency')}, batch {after['throughput']['batch_size']}: {ratio('throughput')}"
 
 

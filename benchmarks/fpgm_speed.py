@@ -11,7 +11,8 @@
    rounds in which dense and compact run back to back, every round a median of --samples passes
    after warm-up, in eval mode under torch.inference_mode. Times are medians over the rounds;
    a speed-up is the median of the rounds' own ratios (so load from other processes, which
-   comes and goes between rounds, moves both sides of each ratio alike). Conv nets are also timed as a deployment runtime runs them
+   comes and goes between rounds, moves both sides of each ratio alike), printed with the
+   middle half of those ratios. Conv nets are also timed as a deployment runtime runs them
    (--inference): BatchNorm folded into the conv before it, weights channels_last. BatchNorm's
    passes and the layout reorders of contiguous convs cost in proportion to the width, a conv's
    arithmetic to input x output width, so eager PyTorch understates what a compact model buys
@@ -20,8 +21,16 @@
    train the dense model, prune it with fpgm through the same pruner and shared training loop
    pruning.py uses (one soft-pruning epoch), compact it, and print accuracy, FLOPs and speed-up.
    Reads MNIST from --data_dir; never downloads.
+3. --architectures: the paper's networks (resnet56 at 40%: block-internal, --prune_residual,
+   and --prune_residual --channel_multiple=8; resnet50 at 30%) on random weights, batch
+   --arch_batch_size. A pass takes a tenth of a second or more here, so every round is one
+   untimed and one timed pass of each model in turn (--arch_rounds rounds): the timed passes
+   of dense and compact lie a second apart, close enough that a burst of load from other
+   processes falls on both; many passes per turn let a burst decide a round's ratio.
+
+--conv_rates prints what explains the rest: the FLOP rate of single convs at the widths
+resnet56 has before and after pruning.
 """
-import argparse
 import copy
 import statistics
 import sys
@@ -41,7 +50,7 @@ from utils import checkpoints, cli  # noqa: E402
 from utils.data import get_spec, load_dataset  # noqa: E402
 from utils.reporting.counting import FLOP_CONVENTION, layer_stats  # noqa: E402
 from utils.modes import eval_mode  # noqa: E402
-from utils.timing import alternate_calls  # noqa: E402
+from utils.timing import alternate_calls, keep_freed_memory, paired_ratios  # noqa: E402
 from utils.training import TrainingSettings, evaluate, fit, seed_everything  # noqa: E402
 
 
@@ -66,9 +75,12 @@ def get_args_parser():
                         help="the paper's networks to time dense against compact (none: skip)")
     parser.add_argument("--arch_batch_size", type=cli.positive_int, default=64,
                         help="images per pass for the architectures' throughput")
-    parser.add_argument("--resnet50_samples", type=cli.positive_int, default=2,
-                        help="timed passes per round for resnet50 (a batch of 64 at 224x224 is "
-                             "about 530 GFLOP: seconds per pass on a CPU)")
+    parser.add_argument("--arch_rounds", type=cli.positive_int, default=30,
+                        help="rounds for the architectures; in each, every model (dense, compact, "
+                             "each inference form) runs one untimed then one timed pass in turn")
+    parser.add_argument("--resnet50_rounds", type=cli.positive_int, default=5,
+                        help="rounds for resnet50 (a batch of 64 at 224x224 is about 530 GFLOP: "
+                             "seconds per pass on a CPU)")
     parser.add_argument("--inference", choices=("eager", "deployed", "both"), default="both",
                         help="time models as trained (eager), as a deployment runtime runs them "
                              "(BatchNorm folded into the layer before it, channels_last), or both")
@@ -105,10 +117,15 @@ def alternate_timing(models_by_name, images, rounds, samples, warmup) -> dict:
     return {key: [statistics.median(passes) for passes in per_round] for key, per_round in times.items()}
 
 
-def paired_speedup(per_round: dict, before: str, after: str) -> float:
-    """Median over rounds of the round's before/after ratio: the two ran back to back in each
-    round, so a burst of load on a shared machine moves both sides of a ratio together."""
-    return statistics.median(b / a for b, a in zip(per_round[before], per_round[after]))
+def paired_speedup(per_round: dict, before: str, after: str) -> tuple:
+    """The median over rounds of the round's before/after ratio (utils.timing.paired_ratios: the
+    two ran back to back in each round, so a burst of load on a shared machine moves both sides
+    of a ratio together), and the quartiles of those ratios: how much the rounds disagreed."""
+    ratios = paired_ratios(per_round[before], per_round[after])
+    if len(ratios) < 2:
+        return ratios[0], (ratios[0], ratios[0])
+    low, median, high = statistics.quantiles(ratios, n=4)
+    return median, (low, high)
 
 
 def inference_forms(dense, compact, inference: str) -> dict:
@@ -127,7 +144,7 @@ def inference_forms(dense, compact, inference: str) -> dict:
 FORM_LABELS = {"eager": "as trained", "deployed": "deployed (BatchNorm folded, channels_last)"}
 
 
-def compare(dense, compact, args, samples, label, batch_size=None, claimed_flops=None):
+def compare(dense, compact, args, label, rounds, samples, warmup, batch_size=None, claimed_flops=None):
     """Print FLOPs, throughput and latency of dense vs compact, in each inference form (all
     timed in the same alternating rounds); return the figures (top level: the first form)."""
     torch.manual_seed(args.seed)
@@ -139,8 +156,8 @@ def compare(dense, compact, args, samples, label, batch_size=None, claimed_flops
     forms = inference_forms(dense, compact, args.inference)
     timed = {f"{form} {which}": model for form, pair in forms.items()
              for which, model in zip(("dense", "compact"), pair)}
-    throughput = alternate_timing(timed, batch, args.rounds, samples, args.warmup)
-    latency = alternate_timing(timed, single, args.rounds, samples, args.warmup)
+    throughput = alternate_timing(timed, batch, rounds, samples, warmup)
+    latency = alternate_timing(timed, single, rounds, samples, warmup)
     print(f"\n{label}")
     print(f"  widths              {list(dense.widths)} -> {list(compact.widths)}")
     print(f"  parameters          {sum(p.numel() for p in dense.parameters()):,} -> "
@@ -158,10 +175,10 @@ def compare(dense, compact, args, samples, label, batch_size=None, claimed_flops
         for name, timing, size in (("throughput", throughput, batch_size), ("latency", latency, 1)):
             before = statistics.median(timing[f"{form} dense"])
             after = statistics.median(timing[f"{form} compact"])
-            speedups[name] = paired_speedup(timing, f"{form} dense", f"{form} compact")
+            speedups[name], (low, high) = paired_speedup(timing, f"{form} dense", f"{form} compact")
             print(f"  {name:<10} batch {size:<4} {before:.3f} ms -> {after:.3f} ms"
                   f"  ({size * 1000 / before:,.0f} -> {size * 1000 / after:,.0f} img/s, "
-                  f"speed-up {speedups[name]:.2f}x)")
+                  f"speed-up {speedups[name]:.2f}x, middle half of rounds {low:.2f}-{high:.2f}x)")
         print(f"  throughput speed-up / FLOP ratio = {speedups['throughput'] / flop_ratio:.2f}")
         results[form] = {"throughput_speedup": speedups["throughput"],
                          "latency_speedup": speedups["latency"],
@@ -222,8 +239,8 @@ def architectures(args):
         model = models.create_model(name, (3, 32, 32), 10).eval()
         compact, pruner = prune_untrained(model, rate, residual, multiple)
         claimed = paper_counted_flops(pruner.graph, layer_stats(model, model.input_shape), rate)
-        samples = args.samples if name != "resnet50" else args.resnet50_samples
-        results[key] = compare(model, compact.eval(), args, samples, label,
+        rounds = args.arch_rounds if name != "resnet50" else args.resnet50_rounds
+        results[key] = compare(model, compact.eval(), args, label, rounds, samples=1, warmup=1,
                                batch_size=args.arch_batch_size, claimed_flops=claimed)
     return results
 
@@ -237,16 +254,17 @@ def lenet_5_caffe(args):
         original = (loaded.get("pruning") or {}).get("original_widths")
         if original and list(original) != list(model.widths):  # already compacted by pruning.py
             dense = models.create_model("lenet_5_caffe", model.input_shape, model.num_classes, original)
-            return compare(dense, model, args, args.samples,
-                           f"lenet_5_caffe: {Path(loaded['path']).name} vs its original widths")
+            return compare(dense, model, args,
+                           f"lenet_5_caffe: {Path(loaded['path']).name} vs its original widths",
+                           args.rounds, args.samples, args.warmup)
         source = Path(loaded["path"]).name
     else:
         torch.manual_seed(args.seed)
         model = models.create_model("lenet_5_caffe", spec.input_shape, spec.num_classes)
         source = "random weights"
     compact, _ = prune_untrained(model, args.cut_rate)
-    return compare(model, compact, args, args.samples,
-                   f"lenet_5_caffe ({source}), fpgm at cut_rate {args.cut_rate}")
+    return compare(model, compact, args, f"lenet_5_caffe ({source}), fpgm at cut_rate {args.cut_rate}",
+                   args.rounds, args.samples, args.warmup)
 
 
 def alexnet_end_to_end(args):
@@ -271,16 +289,16 @@ def alexnet_end_to_end(args):
     print(f"  accuracy on the subset: dense {dense_acc:.2%}, compact {evaluate(compact, test)['acc']:.2%}"
           " (one epoch on a few hundred images: a smoke figure, not a result)")
     # a dense pass over 256 images takes a sizeable fraction of a second: fewer warm-up passes
-    warm = argparse.Namespace(**{**vars(args), "warmup": min(args.warmup, 2)})
-    return compare(dense, compact, warm, args.alexnet_samples,
-                   f"alexnet, fpgm at cut_rate {args.cut_rate}")
+    return compare(dense, compact, args, f"alexnet, fpgm at cut_rate {args.cut_rate}",
+                   args.rounds, args.alexnet_samples, min(args.warmup, 2))
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     cli.apply_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; "
-          f"median of {args.rounds} alternating rounds")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU; freed memory "
+          f"{'kept in the process' if keep_freed_memory() else 'returned as malloc decides'} "
+          "(utils.timing.keep_freed_memory)")
     if args.conv_rates:
         return {"conv_rates": conv_rates(args)}
     results = {"lenet_5_caffe": lenet_5_caffe(args)}

@@ -107,6 +107,7 @@ def run_experiment(experiment: Experiment, argv: List[str], quick: bool, test_im
     from utils.checkpoints import build_model, load_checkpoint
     from utils.reporting.counting import is_sparse
     from utils.reporting.tables import model_table
+    from utils.timing import speedup
 
     script = {"baseline": baseline, "pruning": pruning}[experiment.script]
     result, wall, started = _timed_main(experiment, experiment.script, script, argv)
@@ -152,10 +153,10 @@ def run_experiment(experiment: Experiment, argv: List[str], quick: bool, test_im
                       parent_top1_acc=before["top1_acc"], parent_parameters=before["parameters"],
                       parent_flops=before["flops"], parent_inference=before["throughput"],
                       parent_latency=before["latency"], parent_checkpoint_bytes=result["sizes"]["before"],
-                      speedup=before["throughput"]["median_ms"] / after["throughput"]["median_ms"])
+                      speedup=speedup(before["throughput"], after["throughput"]))
         if "deployed_throughput" in after:  # as a deployment runtime runs it (models/inference.py)
-            record["deployed_speedup"] = (before["deployed_throughput"]["median_ms"]
-                                          / after["deployed_throughput"]["median_ms"])
+            record["deployed_speedup"] = speedup(before["deployed_throughput"],
+                                                 after["deployed_throughput"])
         if "compression" in result:  # --quantize: Deep Compression's stages (pruners/quantization.py)
             record["compression"] = {**result["compression"],
                                      "path": relative(result["compression"]["path"])}

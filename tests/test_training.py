@@ -1,4 +1,8 @@
 import math
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -108,13 +112,23 @@ def test_compare_inference_times_each_model_for_all_samples_in_rounds():
                               samples=10, rounds=3, warmup=1)
     assert stats["a"]["samples"] == stats["b"]["samples"] == 10
     assert stats["a"]["batch_size"] == 3
-    # alternating: a's passes (1 warm-up + 4), then b's, then a again ...
-    runs = [calls[0]]
-    for name in calls[1:]:
-        if name != runs[-1]:
-            runs.append(name)
-    assert runs == ["a", "b", "a", "b", "a", "b"]
-    assert calls.count("a") == calls.count("b") == 10 + 3
+    assert len(stats["a"]["round_medians_ms"]) == len(stats["b"]["round_medians_ms"]) == 3
+    # round by round (1 warm-up + 4, 3, 3 passes), the order rotating so neither always goes first
+    assert calls == ["a"] * 5 + ["b"] * 5 + ["b"] * 4 + ["a"] * 4 + ["a"] * 4 + ["b"] * 4
+
+
+def test_speedup_is_the_median_of_paired_round_ratios():
+    from utils.timing import alternate_calls, paired_ratios, speedup
+    before = {"round_medians_ms": [10.0, 30.0, 12.0]}  # round 2: a burst of load on both
+    after = {"round_medians_ms": [5.0, 10.0, 6.0]}
+    assert paired_ratios(before["round_medians_ms"], after["round_medians_ms"]) == [2.0, 3.0, 2.0]
+    assert speedup(before, after) == 2.0  # pooled medians would give 12 / 6 too, but not 30 / 10
+    assert speedup({"round_medians_ms": [10.0, 100.0, 10.0, 100.0]},
+                   {"round_medians_ms": [5.0, 20.0, 5.0, 20.0]}) == 3.5
+    with pytest.raises(ValueError, match="2 rounds against 3"):
+        paired_ratios([1.0, 2.0], [1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="2 sample counts for 3 rounds"):
+        alternate_calls({"a": lambda: None}, rounds=3, samples=[1, 2])
 
 
 def test_a_contended_timing_says_so():
@@ -124,3 +138,33 @@ def test_a_contended_timing_says_so():
     assert "contended" not in format_timing(calm)
     busy = dict(calm, p95_ms=40.0)
     assert "contended: p95 is 40.0x the median" in format_timing(busy)
+
+
+FAULTS_PER_CYCLE = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+if {keep}:
+    from utils.timing import keep_freed_memory
+    assert keep_freed_memory()
+def cycle():  # four 12 MB activations, freed together, as a conv net's pass frees them
+    blocks = [torch.ones(3_000_000) for _ in range(4)]
+    del blocks
+for _ in range(5):  # glibc settles its thresholds on the first cycles
+    cycle()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    cycle()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_timed_passes_do_not_fault_freed_activations_back_in():
+    """By default glibc trims the freed heap and every pass faults its activations back in (a cost
+    of the activations' size that inflates a dense model's time); keep_freed_memory stops it."""
+    def faults(keep: bool) -> int:
+        code = FAULTS_PER_CYCLE.format(root=str(Path(__file__).resolve().parent.parent), keep=keep)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        return int(out.stdout)
+    assert faults(keep=True) < 100
+    assert faults(keep=False) > 5 * 4 * 1000  # each cycle faults in most of its 48 MB (4 KiB pages)
