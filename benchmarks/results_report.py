@@ -173,8 +173,8 @@ def equal_terms_section(found: Dict[str, dict]) -> List[str]:
                  f"{count} thread{'s' if count > 1 else ''}: {', '.join(names)}"
                  for count, names in sorted(threads.items())) + ".")
     lines += ["FLOPs: of the compact model against the baseline (2 x multiply-accumulate, one "
-              "image); speed-up: the baseline's median batch time over the compact model's, timed "
-              "in the same pruning.py process; deployed: the same with BatchNorm folded and "
+              "image); speed-up: how many times faster the compact model ran a batch than the baseline, "
+              "timed in alternating rounds in the same pruning.py process; deployed: the same with BatchNorm folded and "
               "channels_last, as a deployment runtime runs them (n/a: recorded before pruning.py "
               f"timed it).{timed}", ""]
     return lines
