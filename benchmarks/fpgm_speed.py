@@ -9,8 +9,8 @@
    depends on the widths only, so no retraining is needed to time it. Printed: FLOPs (2 x MAC,
    as calFLOP.py counts them), throughput at --batch_size and latency at batch 1 over --rounds
    rounds in which dense and compact run back to back, every round a median of --samples passes
-   after warm-up, in eval mode under torch.inference_mode. Times are medians over the rounds;
-   a speed-up is the median of the rounds' own ratios (so load from other processes, which
+   after warm-up, in eval mode under torch.inference_mode (utils.timing.compare_inference).
+   Times are medians of the timed passes; a speed-up is the median of the rounds' own ratios (so load from other processes, which
    comes and goes between rounds, moves both sides of each ratio alike), printed with the
    middle half of those ratios. Conv nets are also timed as a deployment runtime runs them
    (--inference): BatchNorm folded into the conv before it, weights channels_last. BatchNorm's
@@ -49,8 +49,8 @@ from pruners.structured import paper_counted_flops  # noqa: E402
 from utils import checkpoints, cli  # noqa: E402
 from utils.data import get_spec, load_dataset  # noqa: E402
 from utils.reporting.counting import FLOP_CONVENTION, layer_stats  # noqa: E402
-from utils.modes import eval_mode  # noqa: E402
-from utils.timing import alternate_calls, keep_freed_memory, paired_ratios  # noqa: E402
+from utils.timing import (alternate_calls, compare_inference, keep_freed_memory, speedup,  # noqa: E402
+                          speedup_quartiles)
 from utils.training import TrainingSettings, evaluate, fit, seed_everything  # noqa: E402
 
 
@@ -108,26 +108,6 @@ def flops(model) -> int:
     return sum(s.flops for s in layer_stats(model, model.input_shape))
 
 
-def alternate_timing(models_by_name, images, rounds, samples, warmup) -> dict:
-    """Per model, the median ms per pass of each round (utils.timing.alternate_calls: the models
-    take turns in every round), in eval mode under torch.inference_mode."""
-    with torch.inference_mode(), eval_mode(*models_by_name.values()):
-        times = alternate_calls({key: partial(model, images) for key, model in models_by_name.items()},
-                                rounds, samples, warmup, images.device)
-    return {key: [statistics.median(passes) for passes in per_round] for key, per_round in times.items()}
-
-
-def paired_speedup(per_round: dict, before: str, after: str) -> tuple:
-    """The median over rounds of the round's before/after ratio (utils.timing.paired_ratios: the
-    two ran back to back in each round, so a burst of load on a shared machine moves both sides
-    of a ratio together), and the quartiles of those ratios: how much the rounds disagreed."""
-    ratios = paired_ratios(per_round[before], per_round[after])
-    if len(ratios) < 2:
-        return ratios[0], (ratios[0], ratios[0])
-    low, median, high = statistics.quantiles(ratios, n=4)
-    return median, (low, high)
-
-
 def inference_forms(dense, compact, inference: str) -> dict:
     """The (dense, compact) pairs to time: as trained (eager PyTorch, contiguous) and as a
     deployment runtime runs them: BatchNorm folded into the layer before it, conv weights
@@ -156,8 +136,8 @@ def compare(dense, compact, args, label, rounds, samples, warmup, batch_size=Non
     forms = inference_forms(dense, compact, args.inference)
     timed = {f"{form} {which}": model for form, pair in forms.items()
              for which, model in zip(("dense", "compact"), pair)}
-    throughput = alternate_timing(timed, batch, rounds, samples, warmup)
-    latency = alternate_timing(timed, single, rounds, samples, warmup)
+    throughput = compare_inference(timed, batch, rounds * samples, rounds, warmup)
+    latency = compare_inference(timed, single, rounds * samples, rounds, warmup)
     print(f"\n{label}")
     print(f"  widths              {list(dense.widths)} -> {list(compact.widths)}")
     print(f"  parameters          {sum(p.numel() for p in dense.parameters()):,} -> "
@@ -173,17 +153,18 @@ def compare(dense, compact, args, label, rounds, samples, warmup, batch_size=Non
             print(f"  {FORM_LABELS[form]}:")
         speedups = {}
         for name, timing, size in (("throughput", throughput, batch_size), ("latency", latency, 1)):
-            before = statistics.median(timing[f"{form} dense"])
-            after = statistics.median(timing[f"{form} compact"])
-            speedups[name], (low, high) = paired_speedup(timing, f"{form} dense", f"{form} compact")
+            dense_timing, compact_timing = timing[f"{form} dense"], timing[f"{form} compact"]
+            before, after = dense_timing["median_ms"], compact_timing["median_ms"]
+            speedups[name] = speedup(dense_timing, compact_timing)
+            low, high = speedup_quartiles(dense_timing, compact_timing)
             print(f"  {name:<10} batch {size:<4} {before:.3f} ms -> {after:.3f} ms"
                   f"  ({size * 1000 / before:,.0f} -> {size * 1000 / after:,.0f} img/s, "
                   f"speed-up {speedups[name]:.2f}x, middle half of rounds {low:.2f}-{high:.2f}x)")
         print(f"  throughput speed-up / FLOP ratio = {speedups['throughput'] / flop_ratio:.2f}")
         results[form] = {"throughput_speedup": speedups["throughput"],
                          "latency_speedup": speedups["latency"],
-                         "throughput_ms": {"dense": statistics.median(throughput[f"{form} dense"]),
-                                           "compact": statistics.median(throughput[f"{form} compact"])}}
+                         "throughput_ms": {"dense": throughput[f"{form} dense"]["median_ms"],
+                                           "compact": throughput[f"{form} compact"]["median_ms"]}}
     first = results[next(iter(forms))]
     return {"flop_ratio": flop_ratio, **first, "forms": results,
             "flops": {"dense": f_dense, "compact": f_compact, "paper_counting": claimed_flops}}

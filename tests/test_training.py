@@ -118,13 +118,16 @@ def test_compare_inference_times_each_model_for_all_samples_in_rounds():
 
 
 def test_speedup_is_the_median_of_paired_round_ratios():
-    from utils.timing import alternate_calls, paired_ratios, speedup
-    before = {"round_medians_ms": [10.0, 30.0, 12.0]}  # round 2: a burst of load on both
-    after = {"round_medians_ms": [5.0, 10.0, 6.0]}
-    assert paired_ratios(before["round_medians_ms"], after["round_medians_ms"]) == [2.0, 3.0, 2.0]
-    assert speedup(before, after) == 2.0  # pooled medians would give 12 / 6 too, but not 30 / 10
-    assert speedup({"round_medians_ms": [10.0, 100.0, 10.0, 100.0]},
-                   {"round_medians_ms": [5.0, 20.0, 5.0, 20.0]}) == 3.5
+    from utils.timing import alternate_calls, paired_ratios, speedup, speedup_quartiles
+    # a burst of load slows both models in rounds 2 and 4; round by round the ratio stays 2 or 3
+    before = {"round_medians_ms": [10.0, 100.0, 10.0, 90.0, 12.0]}
+    after = {"round_medians_ms": [5.0, 50.0, 5.0, 30.0, 4.0]}
+    assert paired_ratios(before["round_medians_ms"], after["round_medians_ms"]) == [2, 2, 2, 3, 3]
+    assert speedup(before, after) == 2.0
+    # the ratio of pooled medians mixes rounds: 12 ms against 5 ms
+    assert sorted(before["round_medians_ms"])[2] / sorted(after["round_medians_ms"])[2] == 2.4
+    assert speedup_quartiles(before, after) == (2.0, 3.0)
+    assert speedup_quartiles({"round_medians_ms": [6.0]}, {"round_medians_ms": [2.0]}) == (3.0, 3.0)
     with pytest.raises(ValueError, match="2 rounds against 3"):
         paired_ratios([1.0, 2.0], [1.0, 2.0, 3.0])
     with pytest.raises(ValueError, match="2 sample counts for 3 rounds"):

@@ -4,11 +4,10 @@ Two models are compared in alternating rounds, so a burst of load on a shared ma
 instead of deciding the ratio."""
 import ctypes
 import ctypes.util
-import functools
 import statistics
 import time
-from functools import partial
-from typing import Callable, Dict, List, Optional, Sequence, Union
+from functools import lru_cache, partial
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -25,7 +24,7 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 
 
-@functools.lru_cache(maxsize=None)  # once per process
+@lru_cache(maxsize=None)  # once per process
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory in the process: blocks up to 32 MiB come from the
     heap, and the heap is never trimmed. PyTorch's CPU tensors come from malloc, which by default
@@ -94,6 +93,16 @@ def speedup(before: dict, after: dict) -> float:
     rounds, moves both sides of a ratio alike; a ratio of pooled medians lets a burst that hit
     one model's round and spared the other's decide it."""
     return statistics.median(paired_ratios(before["round_medians_ms"], after["round_medians_ms"]))
+
+
+def speedup_quartiles(before: dict, after: dict) -> Tuple[float, float]:
+    """The lower and upper quartile of the rounds' ratios behind ``speedup``: how much the rounds
+    disagreed."""
+    ratios = paired_ratios(before["round_medians_ms"], after["round_medians_ms"])
+    if len(ratios) < 2:
+        return ratios[0], ratios[0]
+    low, _, high = statistics.quantiles(ratios, n=4)
+    return low, high
 
 
 @torch.inference_mode()
