@@ -6,18 +6,18 @@ to ONNX (utils/export.py) and run in onnxruntime.
 
 Each pair is exported with torch.onnx, checked with onnx.checker and against PyTorch's outputs on
 --compare_images random images (within 1e-4), then timed in onnxruntime (CPU execution provider,
-its default graph optimisations): throughput at --batch_size and latency at batch 1, each the
-median of --rounds rounds that alternate dense and compact (so load from other processes hits
-both alike), every round itself the median of --samples runs after --warmup. Speed depends on
+its default graph optimisations): throughput at --batch_size and latency at batch 1, over
+--rounds rounds that alternate dense and compact, every round --samples runs after --warmup; a
+speed-up is the median of the rounds' own ratios (utils.timing.speedup), so load from other
+processes that comes and goes between rounds moves both sides of each ratio alike. Speed depends on
 the widths only, so random weights time as well as trained ones. A checkpoint that pruning.py
 compacted is timed against a model of its original widths; a dense one against FPGM's selection
 at --cut_rate. Without onnxruntime the exports are still checked (in onnx's reference
 evaluator) and the script says that nothing was timed.
 """
-import statistics
 import sys
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,6 +28,7 @@ import models  # noqa: E402
 from benchmarks.fpgm_speed import flops, prune_untrained  # noqa: E402
 from utils import checkpoints, cli, export  # noqa: E402
 from utils.reporting.counting import FLOP_CONVENTION  # noqa: E402
+from utils.timing import alternate_calls, speedup, summarize  # noqa: E402
 
 # (model, input shape, cut rate, --prune_residual, --channel_multiple)
 ARCHITECTURES = {
@@ -65,24 +66,14 @@ def session(data: bytes, threads):
     return onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
-def median_ms(sess, images, samples: int, warmup: int) -> float:
-    feed = {sess.get_inputs()[0].name: images}
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = []
-    for _ in range(samples):
-        start = time.perf_counter()
-        sess.run(None, feed)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
 def alternate(sessions: dict, images, args) -> dict:
-    rounds = {key: [] for key in sessions}
-    for _ in range(args.rounds):
-        for key, sess in sessions.items():
-            rounds[key].append(median_ms(sess, images, args.samples, args.warmup))
-    return {key: statistics.median(values) for key, values in rounds.items()}
+    """Per session, the timing summary (utils.timing) of --samples runs per round over --rounds
+    rounds in which the sessions take turns, each after --warmup untimed runs."""
+    calls = {key: partial(sess.run, None, {sess.get_inputs()[0].name: images})
+             for key, sess in sessions.items()}
+    times = alternate_calls(calls, args.rounds, args.samples, args.warmup)
+    return {key: summarize([t for r in per_round for t in r], len(images), per_round)
+            for key, per_round in times.items()}
 
 
 def compare(dense, compact, label: str, args) -> dict:
@@ -118,13 +109,13 @@ def compare(dense, compact, label: str, args) -> dict:
     batch = torch.randn(args.batch_size, *shape).numpy()
     for name, images in (("throughput", batch), ("latency", batch[:1].copy())):
         timing = alternate(sessions, images, args)
-        size = len(images)
-        speedup = timing["dense"] / timing["compact"]
-        print(f"  {name:<10} batch {size:<4} {timing['dense']:.3f} ms -> {timing['compact']:.3f} ms "
-              f"({size * 1000 / timing['dense']:,.0f} -> {size * 1000 / timing['compact']:,.0f} img/s, "
-              f"speed-up {speedup:.2f}x)")
-        figures[f"{name}_speedup"] = speedup
-        figures[f"{name}_ms"] = timing
+        size, ms = len(images), {key: summary["median_ms"] for key, summary in timing.items()}
+        ratio = speedup(timing["dense"], timing["compact"])
+        print(f"  {name:<10} batch {size:<4} {ms['dense']:.3f} ms -> {ms['compact']:.3f} ms "
+              f"({size * 1000 / ms['dense']:,.0f} -> {size * 1000 / ms['compact']:,.0f} img/s, "
+              f"speed-up {ratio:.2f}x)")
+        figures[f"{name}_speedup"] = ratio
+        figures[f"{name}_ms"] = ms
     return figures
 
 

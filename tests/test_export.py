@@ -132,3 +132,20 @@ def test_export_script_refuses_a_missing_file(capsys):
     code, _ = run_script(export.main, ["--load_folder_model=/nonexistent/model.pt"])
     assert code == 2
     assert capsys.readouterr().err.startswith("error:")
+
+
+def test_onnx_speed_benchmark_checks_and_times_dense_against_compact():
+    onnx_ready()
+    from benchmarks import onnx_speed
+    results = onnx_speed.main(["--architectures", "lenet_5_caffe", "--rounds=3", "--samples=1",
+                               "--warmup=0", "--batch_size=2", "--compare_images=2"])
+    figures = results["lenet_5_caffe"]
+    assert figures["flop_ratio"] == pytest.approx(4_586_000 / 1_791_600)  # 20/50/500 -> 12/30/300
+    assert max(figures["max_abs_diff"].values()) < export.TOLERANCE
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        assert "throughput_speedup" not in figures  # nothing timed, and it says so
+    else:
+        assert figures["throughput_speedup"] > 0 and figures["latency_speedup"] > 0
+        assert set(figures["throughput_ms"]) == {"dense", "compact"}
