@@ -163,11 +163,10 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_timed_passes_do_not_fault_freed_activations_back_in():
-    """By default glibc trims the freed heap and every pass faults its activations back in (a cost
-    of the activations' size that inflates a dense model's time); keep_freed_memory stops it."""
-    def faults(keep: bool) -> int:
-        code = FAULTS_PER_CYCLE.format(root=str(Path(__file__).resolve().parent.parent), keep=keep)
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        return int(out.stdout)
-    assert faults(keep=True) < 100
-    assert faults(keep=False) > 5 * 4 * 1000  # each cycle faults in most of its 48 MB (4 KiB pages)
+    """Left to itself, glibc trims the freed heap in some processes and not in others (of six fresh
+    processes running this loop, one faulted its 48 MB back in on every cycle, the rest settled
+    at none), so how much a model's passes pay for it varies from run to run; keep_freed_memory
+    makes every process settle."""
+    code = FAULTS_PER_CYCLE.format(root=str(Path(__file__).resolve().parent.parent), keep=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout) < 100  # 12,000 pages per cycle where the heap is trimmed

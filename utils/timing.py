@@ -28,9 +28,9 @@ _MMAP_THRESHOLD_MAX = 32 * 1024 * 1024
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory in the process: blocks up to 32 MiB come from the
     heap, and the heap is never trimmed. PyTorch's CPU tensors come from malloc, which by default
-    hands large blocks back to the system and faults them in, zeroed, on the next pass; how often
-    depends on what the process freed before (glibc adapts its thresholds), and it costs in
-    proportion to the activations' size, not to the arithmetic. Timed in a fresh process, that
+    may hand large freed blocks back to the system and fault them in, zeroed, on the next pass;
+    whether it does varies from process to process (glibc adapts its thresholds to what was
+    freed before), and it costs in proportion to the activations' size, not to the arithmetic. Timed in a fresh process, that
     made a dense ResNet-56's passes about a quarter slower than in one that had run other models,
     and so inflated what pruning appeared to buy. Every timing here (``time_calls``) calls it
     first, so models are compared on their computation; the process keeps its peak memory from
