@@ -329,7 +329,8 @@ def test_speed_benchmark_runs_and_reports_ratios(trained_checkpoint):
     results = fpgm_speed.main([f"--load_folder_model={path}", f"--data_dir={data_dir}", "--no_verify_data",
                                "--batch_size=8", "--rounds=1", "--samples=1", "--warmup=1",
                                "--alexnet_images=32", "--alexnet_samples=1",
-                               "--architectures", "resnet56_residual_aligned", "--arch_batch_size=2"])
+                               "--architectures", "resnet56_residual_aligned", "--arch_batch_size=2",
+                               "--arch_rounds=3"])
     # the FLOP ratio is exact: widths (20, 50, 500) -> (12, 30, 300) on 28x28 inputs
     assert results["lenet_5_caffe"]["flop_ratio"] == pytest.approx(4_586_000 / 1_791_600)
     assert results["alexnet"]["flop_ratio"] > 2
