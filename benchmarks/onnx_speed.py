@@ -28,7 +28,7 @@ import models  # noqa: E402
 from benchmarks.fpgm_speed import flops, prune_untrained  # noqa: E402
 from utils import checkpoints, cli, export  # noqa: E402
 from utils.reporting.counting import FLOP_CONVENTION  # noqa: E402
-from utils.timing import alternate_calls, speedup, summarize  # noqa: E402
+from utils.timing import alternate_calls, speedup, summarize_rounds  # noqa: E402
 
 # (model, input shape, cut rate, --prune_residual, --channel_multiple)
 ARCHITECTURES = {
@@ -72,8 +72,7 @@ def alternate(sessions: dict, images, args) -> dict:
     calls = {key: partial(sess.run, None, {sess.get_inputs()[0].name: images})
              for key, sess in sessions.items()}
     times = alternate_calls(calls, args.rounds, args.samples, args.warmup)
-    return {key: summarize([t for r in per_round for t in r], len(images), per_round)
-            for key, per_round in times.items()}
+    return {key: summarize_rounds(per_round, len(images)) for key, per_round in times.items()}
 
 
 def compare(dense, compact, label: str, args) -> dict:

@@ -144,8 +144,12 @@ def compare_inference(models: Dict[str, torch.nn.Module], images: torch.Tensor, 
     with torch.inference_mode(), eval_mode(*models.values()):
         times = alternate_calls({name: partial(model, images) for name, model in models.items()},
                                 rounds, per_round, warmup, images.device)
-    return {name: summarize([t for r in rounds_ for t in r], len(images), rounds_)
-            for name, rounds_ in times.items()}
+    return {name: summarize_rounds(per_round_ms, len(images)) for name, per_round_ms in times.items()}
+
+
+def summarize_rounds(per_round: List[List[float]], batch_size: int) -> dict:
+    """``summarize`` of the passes ``alternate_calls`` timed for one function, round by round."""
+    return summarize([t for passes in per_round for t in passes], batch_size, per_round)
 
 
 def inference_batch(split, batch_size: int) -> torch.Tensor:
