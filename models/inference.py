@@ -25,7 +25,7 @@ import torch.nn as nn
 from torch.fx.experimental.optimization import fuse
 from torch.nn.utils import parametrize
 
-from models.graph import traced
+from utils.tracing import traced
 from utils.masks import masked_tensors
 from utils.modes import eval_mode
 

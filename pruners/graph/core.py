@@ -1,0 +1,222 @@
+"""The channel-dependency graph's data and its walk over a traced model.
+
+The model is traced with torch.fx and run once on the example inputs by a torch.fx Interpreter.
+Beside every tensor the walk keeps a *label*: an integer tensor of the same rank whose entries are
+channel ids, of size 1 along every dimension the ids do not vary on (so (1, C, 1, 1) for an image
+batch, (1, 1, 1, C) for a channels-last one, (1, C*H*W) after a flatten, each channel's id
+repeated over its H x W block). Which dimension holds the channels is therefore read off the
+label, never assumed.
+
+A layer gives its outputs new ids; an elementwise operation of two labelled tensors merges their
+ids entry by entry (union-find): a residual add makes a stage's stream one set of ids per
+channel, a squeeze-and-excitation gate joins its channels to the features it scales. Operations
+that only move data (view, permute, transpose, chunk, slicing, cat, channel shuffle) are applied
+to the label itself, so where channels go is computed, not assumed. Every parameter and buffer
+dimension indexed by channels is recorded with the ids along it: removing a channel means
+removing its index from every one of them.
+
+A channel *set* is a union-find class: the channels that live and die together. A *group* is the
+sets written by the same layers: a pruning rate and a criterion apply to a group. A group may be
+divided into *units* that leave whole (the channels of one group of a grouped convolution, of a
+GroupNorm group).
+
+The operations themselves are an explicit table (pruners/graph/operations.py); anything else that
+receives a labelled tensor is refused with an UnsupportedOperation naming it.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+import torch
+import torch.fx
+import torch.nn as nn
+
+from utils.errors import UnsupportedOperation
+from utils.tracing import traced
+
+
+@dataclass
+class Label:
+    """Channel ids of a tensor: same rank, size 1 where the ids do not vary."""
+    ids: torch.Tensor
+
+    def varying(self) -> List[int]:
+        """The dimensions that carry channels."""
+        return [d for d, size in enumerate(self.ids.shape) if size > 1]
+
+
+@dataclass
+class Attr:
+    """A parameter or buffer read in forward() (torch.fx get_attr): its dimensions get channel
+    ids from the labelled tensors it is combined with."""
+    key: str
+
+
+@dataclass
+class TensorUse:
+    """Dimension ``dim`` of state_dict entry ``key`` is indexed by channel ids ``ids`` (one per
+    index; an id repeats over its block after a flatten). ``writes``: the entry computes those
+    channels (a layer's output rows, a normalisation's per-channel tensors, a gate's scale); else
+    it reads them (a layer's input columns)."""
+    key: str
+    dim: int
+    ids: List[int]
+    writes: bool
+    layer: str
+    sets: List[int] = field(default_factory=list)  # the ids' channel sets, once all are merged
+
+
+@dataclass
+class Normalization:
+    """A LayerNorm-like module whose statistics span channels: dimension ``dim`` of its input
+    holds channel ids ``ids``. Removing channels changes what the kept ones output, so the masked
+    model normalises over the kept channels only (pruners/compact.masked_normalization)."""
+    module: str
+    dim: int
+    ids: List[int]
+    sets: List[int] = field(default_factory=list)
+
+
+@dataclass
+class Group:
+    """Channel sets written by the same layers. ``sets`` are union-find roots in the order of the
+    first writer's output channels; ``units``: positions within ``sets`` that leave together (one
+    each when nothing couples them); ``residual``: merged by a residual add; ``fixed``: never
+    pruned, for ``reason``."""
+    name: str
+    sets: List[int]
+    writers: Tuple[str, ...]
+    residual: bool
+    fixed: bool
+    reason: str = ""
+    units: List[List[int]] = field(default_factory=list)
+
+    def __len__(self):
+        return len(self.sets)
+
+    @property
+    def size(self) -> int:
+        return len(self.sets)
+
+
+class UnionFind:
+    def __init__(self):
+        self.parent: List[int] = []
+
+    def new(self, count: int) -> torch.Tensor:
+        start = len(self.parent)
+        self.parent.extend(range(start, start + count))
+        return torch.arange(start, start + count)
+
+    def find(self, item: int) -> int:
+        root = item
+        while self.parent[root] != root:
+            root = self.parent[root]
+        while self.parent[item] != root:
+            self.parent[item], item = root, self.parent[item]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def roots(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` with every entry replaced by its root."""
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        return torch.tensor([self.find(int(i)) for i in unique], dtype=torch.long)[inverse]
+
+
+@dataclass
+class DependencyGraph:
+    """Built by ``build_graph``; see the module docstring."""
+    model_name: str
+    uses: List[TensorUse]
+    groups: List[Group]
+    set_of: Dict[Tuple[str, int], int]          # (layer, output channel) -> set
+    normalizations: List[Normalization] = field(default_factory=list)
+    example_inputs: Tuple[torch.Tensor, ...] = ()
+    group_of: Dict[int, Group] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.group_of = {s: g for g in self.groups for s in g.sets}
+
+    def group(self, name: str) -> Group:
+        for group in self.groups:
+            if group.name == name:
+                return group
+        raise KeyError(name)
+
+    def group_at(self, layer: str, channel: int) -> Group:
+        return self.group_of[self.set_of[(layer, channel)]]
+
+    def prunable(self, residual: bool = False) -> List[Group]:
+        """Groups whose channels may be removed: never the input's or the output's; residual
+        streams only when asked."""
+        return [g for g in self.groups if not g.fixed and (residual or not g.residual)]
+
+    def sets_of(self, use: TensorUse) -> List[int]:
+        """The channel set of each index along ``use``'s dimension."""
+        return use.sets
+
+
+def as_inputs(model: nn.Module, example_inputs) -> Tuple[torch.Tensor, ...]:
+    """Example inputs as a tuple of tensors on the model's device; a shape (a sequence of ints)
+    means one zero image batch of that shape per sample, batch 1."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs.to(device),)
+    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
+            isinstance(v, int) for v in example_inputs):
+        return (torch.zeros(1, *example_inputs, device=device),)
+    if isinstance(example_inputs, (tuple, list)) and all(isinstance(v, torch.Tensor)
+                                                         for v in example_inputs):
+        return tuple(v.to(device) for v in example_inputs)
+    raise TypeError("example_inputs must be a tensor, a tuple of tensors, or an input shape "
+                    f"(C, H, W); got {type(example_inputs).__name__}")
+
+
+def build_graph(model: nn.Module, example_inputs) -> DependencyGraph:
+    """Trace ``model`` and group its channels, running it once on ``example_inputs`` (a batch,
+    a tuple of them, or an input shape for a zero batch of one). The model is traced in training
+    mode, so branches taken only in training (auxiliary classifiers) are part of the graph, and
+    run in eval mode without gradients."""
+    from pruners.graph.operations import Walk  # the table imports this module's types
+    inputs = as_inputs(model, example_inputs)
+    was_training = model.training
+    model.train()
+    try:
+        graph_module = traced(model)
+        model.eval()
+        with torch.no_grad():
+            graph = Walk(graph_module, model).run(*inputs)
+    finally:
+        model.train(was_training)
+    graph.example_inputs = tuple(x.detach() for x in inputs)
+    return graph
+
+
+def module_order(model: nn.Module) -> Dict[str, int]:
+    return {name: position for position, name in enumerate(dict(model.named_modules()))}
+
+
+def refusal(model: nn.Module, node: torch.fx.Node, what: str, why: str = "") -> UnsupportedOperation:
+    where = f"module {node.target}" if node.op == "call_module" else f"node {node.name}"
+    return UnsupportedOperation(
+        f"{type(model).__name__}: {what} at {where} is not in the dependency graph's table of "
+        f"operations{': ' + why if why else ''}; structured pruning cannot tell which channels it "
+        "couples, so it refuses the model rather than guess")
+
+
+def ids_along(label: Label, dim: int, size: int) -> torch.Tensor:
+    """The label's ids along ``dim`` as a (size, rest) matrix: row p holds every id found at
+    position p (one column when the ids depend on that dimension alone)."""
+    ids = label.ids
+    if ids.shape[dim] == 1:
+        ids = ids.expand(*[size if d == dim % ids.dim() else s for d, s in enumerate(ids.shape)])
+    return ids.movedim(dim, 0).reshape(size, -1)
+
+
+def unique_pairs(a: torch.Tensor, b: torch.Tensor) -> Sequence[Tuple[int, int]]:
+    pairs = torch.unique(torch.stack([a.flatten(), b.flatten()], dim=1), dim=0)
+    return [(int(x), int(y)) for x, y in pairs.tolist()]
+

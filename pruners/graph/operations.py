@@ -1,0 +1,852 @@
+"""The explicit table of operations: how channels flow through each one, and what it records.
+
+One handler per operation (a module class, a function, a tensor method), registered with
+``@module_handler``, ``@function_handler`` or ``@method_handler``. A handler receives the node's
+``Call`` (the labels of its arguments, their concrete values from the run, the module) and
+returns the label of its result, after recording which of the module's tensors are indexed by
+which channel ids. How a module *shrinks* follows from those records (pruners/compact.py sets
+its attributes from the new tensor shapes). Adding an operation is one handler plus its test.
+
+Anything not in the table that receives a labelled tensor is refused, naming the operation and
+where it is: an unknown operation is never assumed to keep channels as they are.
+"""
+import builtins
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+
+import torch
+import torch.fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.layers import ZeroPadShortcut
+from pruners.graph.core import (Attr, DependencyGraph, Group, Label, Normalization, TensorUse,
+                                UnionFind, ids_along, module_order, refusal, unique_pairs)
+
+try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt, Swin): drops whole samples
+    from torchvision.ops import stochastic_depth as _stochastic_depth
+except ImportError:  # pragma: no cover - torchvision is a requirement
+    _stochastic_depth = None
+
+_MODULE_HANDLERS: List[Tuple[type, Callable]] = []
+_FUNCTION_HANDLERS: Dict[Any, Callable] = {}
+_METHOD_HANDLERS: Dict[str, Callable] = {}
+
+
+def module_handler(*classes):
+    def register(handler):
+        _MODULE_HANDLERS.extend((cls, handler) for cls in classes)
+        return handler
+    return register
+
+
+def function_handler(*functions):
+    def register(handler):
+        _FUNCTION_HANDLERS.update((f, handler) for f in functions if f is not None)
+        return handler
+    return register
+
+
+def method_handler(*names):
+    def register(handler):
+        _METHOD_HANDLERS.update((name, handler) for name in names)
+        return handler
+    return register
+
+
+@dataclass
+class Call:
+    """One node of the run: ``labels`` mirror ``args`` (a Label, an Attr, a list of them, or
+    None for values without channels); ``values`` are the concrete arguments."""
+    walk: "Walk"
+    node: torch.fx.Node
+    args: tuple
+    kwargs: dict
+    labels: tuple
+    kwarg_labels: dict
+    value: Any
+    module: Optional[nn.Module] = None
+
+    @property
+    def name(self) -> str:
+        return str(self.node.target) if self.node.op == "call_module" else self.node.name
+
+    def refuse(self, what: str, why: str = ""):
+        raise refusal(self.walk.model, self.node, what, why)
+
+    def arg(self, position: int, keyword: str, default=None):
+        if len(self.args) > position:
+            return self.args[position]
+        return self.kwargs.get(keyword, default)
+
+    def label(self, position: int = 0, keyword: str = "input"):
+        if len(self.labels) > position:
+            return self.labels[position]
+        return self.kwarg_labels.get(keyword)
+
+    def tensor_labels(self) -> List[Label]:
+        found = []
+        for label in list(self.labels) + list(self.kwarg_labels.values()):
+            found.extend(_flat_labels(label))
+        return found
+
+
+def _flat_labels(label) -> List[Label]:
+    if isinstance(label, Label):
+        return [label]
+    if isinstance(label, (list, tuple)):
+        return [inner for item in label for inner in _flat_labels(item)]
+    return []
+
+
+def _has_attr(label) -> bool:
+    if isinstance(label, Attr):
+        return True
+    if isinstance(label, (list, tuple)):
+        return any(_has_attr(item) for item in label)
+    return False
+
+
+class Walk(torch.fx.Interpreter):
+    """Runs the traced model once and labels every tensor (see pruners/graph/core.py)."""
+
+    def __init__(self, graph_module: torch.fx.GraphModule, model: nn.Module):
+        super().__init__(graph_module)
+        self.model = model
+        self.modules = dict(model.named_modules())
+        self.uf = UnionFind()
+        self.labels: Dict[torch.fx.Node, Any] = {}
+        self.uses: List[TensorUse] = []
+        self.fixed: Dict[int, str] = {}           # id -> why its channel cannot be removed
+        self.added: Set[int] = set()              # ids merged by a residual add
+        self.outputs: Dict[str, torch.Tensor] = {}  # writer layer -> the ids of its output channels
+        self.units: List[torch.Tensor] = []       # ids that must leave together
+        self.normalizations: List[Normalization] = []
+        self.recorded: Dict[Tuple[str, int], torch.Tensor] = {}
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run_node(self, node: torch.fx.Node):
+        value = super().run_node(node)
+        self.labels[node] = self._label(node, value)
+        return value
+
+    def _label_of(self, arg):
+        if isinstance(arg, torch.fx.Node):
+            return self.labels.get(arg)
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(self._label_of(a) for a in arg) if not hasattr(arg, "_fields") else \
+                tuple(self._label_of(a) for a in arg)
+        if isinstance(arg, dict):
+            return {k: self._label_of(v) for k, v in arg.items()}
+        return None
+
+    def _label(self, node: torch.fx.Node, value):
+        if node.op == "placeholder":
+            if not isinstance(value, torch.Tensor):
+                return None
+            label = self.fresh(value, min(1, value.dim() - 1))
+            self.fix(label.ids, "the model's inputs")
+            return label
+        if node.op == "get_attr":
+            return Attr(str(node.target)) if isinstance(value, torch.Tensor) else None
+        if node.op == "output":
+            for label in _flat_labels(self._label_of(node.args)):
+                self.fix(label.ids, "the model's outputs")
+            return None
+        args, kwargs = self.fetch_args_kwargs_from_env(node)
+        call = Call(self, node, args, kwargs, tuple(self._label_of(a) for a in node.args),
+                    {k: self._label_of(v) for k, v in node.kwargs.items()}, value)
+        if not call.tensor_labels():
+            if _has_attr(call.labels) or _has_attr(tuple(call.kwarg_labels.values())):
+                return self._from_parameters(call)
+            return None  # shapes, constants, tensors that carry no channel of the model
+        if node.op == "call_module":
+            call.module = self.modules[node.target]
+            for cls, handler in _MODULE_HANDLERS:
+                if isinstance(call.module, cls):
+                    return handler(call)
+            call.refuse(type(call.module).__name__)
+        if node.op == "call_function":
+            handler = _FUNCTION_HANDLERS.get(node.target)
+            if handler is None and isinstance(node.target, type) and issubclass(node.target, tuple):
+                handler = _output_container
+            if handler is None:
+                call.refuse(f"function {getattr(node.target, '__name__', node.target)}")
+            return handler(call)
+        if node.op == "call_method":
+            handler = _METHOD_HANDLERS.get(node.target)
+            if handler is None:
+                call.refuse(f"method {node.target}")
+            return handler(call)
+        call.refuse(f"operation {node.op}")
+
+    def _from_parameters(self, call: Call):
+        """A value computed from parameters alone (an expand of a class token, a bias table):
+        it carries no channel ids yet. The parameters it reads must not meet a labelled tensor
+        unrecorded: that is checked where they meet (``elementwise``)."""
+        return None
+
+    # -- what handlers call --------------------------------------------------------------------
+
+    def fresh(self, value: torch.Tensor, dim: int) -> Label:
+        """New ids along ``dim`` of ``value``."""
+        shape = [1] * value.dim()
+        shape[dim] = value.shape[dim]
+        return Label(self.uf.new(value.shape[dim]).reshape(shape))
+
+    def fix(self, ids: torch.Tensor, reason: str) -> None:
+        for i in torch.unique(ids).tolist():
+            self.fixed.setdefault(int(i), reason)
+
+    def read(self, label: Label, dim: int, size: int) -> torch.Tensor:
+        """The id at each position of ``dim`` (size ``size``), merging whatever ids a position
+        holds across the other dimensions: a layer that reads dimension ``dim`` treats all of
+        them as one channel."""
+        rows = ids_along(label, dim, size)
+        if rows.shape[1] > 1:
+            first = rows[:, :1].expand_as(rows)
+            for a, b in unique_pairs(first, rows):
+                self.uf.union(a, b)
+        return rows[:, 0].clone()
+
+    def record(self, layer: str, tensor: str, dim: int, ids: torch.Tensor, writes: bool) -> None:
+        self.record_key(f"{layer}.{tensor}" if layer else tensor, dim, ids, writes)
+
+    def record_key(self, key: str, dim: int, ids: torch.Tensor, writes: bool) -> None:
+        """Dimension ``dim`` of ``key`` is indexed by ``ids``. A tensor met twice (a module
+        called twice, a parameter read in two places) is indexed by both: their ids merge."""
+        earlier = self.recorded.get((key, dim))
+        if earlier is not None:
+            self.merge(earlier, ids, residual=False)
+            return
+        self.recorded[(key, dim)] = ids.clone()
+        self.uses.append(TensorUse(key, dim, [int(i) for i in ids.tolist()], writes,
+                                   key.rpartition(".")[0]))
+
+    def write(self, layer: str, ids: torch.Tensor) -> None:
+        """``layer`` (a conv or linear layer) computes the channels ``ids``, in order."""
+        self.outputs[layer] = ids.clone()
+
+    def merge(self, a: torch.Tensor, b: torch.Tensor, residual: bool) -> None:
+        for x, y in unique_pairs(a, b):
+            self.uf.union(x, y)
+            if residual:
+                self.added.update((x, y))
+
+    def along(self, ids: torch.Tensor, value: torch.Tensor, dim: int) -> Label:
+        """A label holding ``ids`` along ``dim`` of ``value``."""
+        shape = [1] * value.dim()
+        shape[dim] = len(ids)
+        return Label(ids.reshape(shape))
+
+    def compress(self, ids: torch.Tensor) -> Label:
+        """A label from ids laid out like the tensor: roots, and size 1 along every dimension
+        they do not vary on."""
+        ids = self.uf.roots(ids) if ids.numel() else ids
+        for dim in range(ids.dim()):
+            if ids.shape[dim] > 1:
+                first = ids.narrow(dim, 0, 1)
+                if bool((ids == first).all()):
+                    ids = first
+        return Label(ids.contiguous())
+
+    # -- groups ----------------------------------------------------------------------------------
+
+    def run(self, *inputs) -> DependencyGraph:
+        super().run(*inputs)
+        return self.groups()
+
+    def groups(self) -> DependencyGraph:
+        find = self.uf.find
+        fixed = {}
+        for i, reason in self.fixed.items():
+            fixed.setdefault(find(i), reason)
+        added = {find(i) for i in self.added}
+        order = module_order(self.model)
+        writers: Dict[int, Set[str]] = {}
+        set_of = {}
+        for layer, ids in self.outputs.items():
+            for channel, i in enumerate(ids.tolist()):
+                root = find(i)
+                writers.setdefault(root, set()).add(layer)
+                set_of[(layer, channel)] = root
+        by_signature: Dict[Tuple[str, ...], List[int]] = {}
+        seen = set()
+        for layer in sorted(self.outputs, key=order.get):  # sets in their first writer's order
+            for i in self.outputs[layer].tolist():
+                root = find(i)
+                if root in seen:
+                    continue
+                seen.add(root)
+                signature = tuple(sorted(writers[root], key=order.get))
+                by_signature.setdefault(signature, []).append(root)
+        unit_of = self._units()
+        groups = []
+        for signature, sets in by_signature.items():
+            first = signature[0]
+            start = next(c for c, i in enumerate(self.outputs[first].tolist()) if find(i) == sets[0])
+            name = first if start == 0 else f"{first}[{start}:]"
+            reasons = [fixed[s] for s in sets if s in fixed]
+            units, why = _group_units(sets, unit_of)
+            if why:
+                reasons.append(why)
+            groups.append(Group(name=name, sets=sets, writers=signature,
+                                residual=any(s in added for s in sets), fixed=bool(reasons),
+                                reason=reasons[0] if reasons else "", units=units))
+        _fix_groups_sharing_units(groups, unit_of)
+        for use in self.uses:
+            use.sets = self.uf.roots(torch.tensor(use.ids, dtype=torch.long)).tolist() if use.ids else []
+        for norm in self.normalizations:
+            norm.sets = self.uf.roots(torch.tensor(norm.ids, dtype=torch.long)).tolist()
+        return DependencyGraph(getattr(self.model, "registry_name", type(self.model).__name__),
+                               self.uses, groups, set_of, self.normalizations)
+
+    def _units(self) -> Dict[int, int]:
+        """Set -> the smallest set it must leave with (itself when nothing couples it)."""
+        coupling = UnionFind()
+        coupling.parent = list(range(len(self.uf.parent)))
+        for unit in self.units:
+            roots = [self.uf.find(int(i)) for i in unit.tolist()]
+            for root in roots[1:]:
+                coupling.union(roots[0], root)
+        return {root: coupling.find(root) for root in range(len(self.uf.parent))
+                if self.uf.find(root) == root}
+
+
+def _group_units(sets: List[int], unit_of: Dict[int, int]) -> Tuple[List[List[int]], str]:
+    """Positions of ``sets`` grouped into the units that leave together; a reason to keep the
+    group whole when its units differ in size (a criterion compares units of one size)."""
+    by_unit: Dict[int, List[int]] = {}
+    for position, s in enumerate(sets):
+        by_unit.setdefault(unit_of.get(s, s), []).append(position)
+    units = list(by_unit.values())
+    if len({len(u) for u in units}) > 1:
+        return units, "its channels are coupled in units of different sizes"
+    return units, ""
+
+
+def _fix_groups_sharing_units(groups: List[Group], unit_of: Dict[int, int]) -> None:
+    """A unit that spans two groups cannot leave with either alone."""
+    owner: Dict[int, Group] = {}
+    for group in groups:
+        for s in group.sets:
+            other = owner.setdefault(unit_of.get(s, s), group)
+            if other is not group:
+                for g in (group, other):
+                    if not g.fixed:
+                        g.fixed, g.reason = True, (f"a grouped convolution or GroupNorm couples its "
+                                                   f"channels with those of {other.name if g is group else group.name}")
+
+
+# ==== handlers ===================================================================================
+
+def _expand(label: Label, value: torch.Tensor) -> torch.Tensor:
+    """The label's ids laid out like ``value`` (materialised: data-movement ops may need a
+    contiguous tensor)."""
+    return label.ids.expand(value.shape).contiguous()
+
+
+def _substitute(call: Call, arg, label):
+    """``arg`` with every labelled tensor replaced by its ids laid out like it."""
+    if isinstance(label, Label) and isinstance(arg, torch.Tensor):
+        return _expand(label, arg)
+    if isinstance(arg, (list, tuple)) and isinstance(label, (list, tuple)):
+        return type(arg)(_substitute(call, a, l) for a, l in zip(arg, label))
+    if isinstance(arg, torch.Tensor):
+        call.refuse(f"{_what(call)} mixing channel-labelled tensors with other tensors")
+    return arg
+
+
+def _what(call: Call) -> str:
+    if call.node.op == "call_method":
+        return f"method {call.node.target}"
+    return f"function {getattr(call.node.target, '__name__', call.node.target)}"
+
+
+def _from_ids(call: Call, result):
+    if isinstance(result, torch.Tensor):
+        return call.walk.compress(result)
+    if isinstance(result, (list, tuple)):
+        return tuple(_from_ids(call, r) for r in result)
+    return None
+
+
+# -- values without channels, containers ----------------------------------------------------------
+
+def _nothing(call: Call):
+    return None
+
+
+@method_handler("size", "dim", "numel", "nelement", "element_size", "get_device", "is_contiguous")
+def _shape_query(call: Call):
+    return None
+
+
+@function_handler(builtins.getattr)
+def _getattr(call: Call):
+    if call.arg(1, "name") in ("shape", "dtype", "device", "ndim", "is_cuda", "requires_grad"):
+        return None
+    call.refuse(f"getattr(..., {call.arg(1, 'name')!r})")
+
+
+def _output_container(call: Call):
+    """A namedtuple of outputs (GoogLeNet's and Inception's auxiliary logits in training): every
+    tensor in it is an output of the model."""
+    for label in call.tensor_labels():
+        call.walk.fix(label.ids, "the model's outputs")
+    return None
+
+
+# -- elementwise ----------------------------------------------------------------------------------
+
+def _passthrough(call: Call):
+    return call.tensor_labels()[0]
+
+
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
+                nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish, nn.Softplus, nn.Dropout,
+                nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
+module_handler(*_ACTIVATIONS)(_passthrough)
+function_handler(F.relu, F.relu_, F.relu6, F.leaky_relu, F.gelu, F.silu, F.sigmoid, F.tanh,
+                 F.hardswish, F.hardsigmoid, F.hardtanh, F.mish, F.softplus, F.elu, F.dropout,
+                 F.dropout1d, F.dropout2d, F.dropout3d, torch.relu, torch.sigmoid, torch.tanh,
+                 torch.exp, torch.neg, operator.neg, torch.abs, _stochastic_depth)(_passthrough)
+method_handler("relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "contiguous", "clone",
+               "detach", "float", "double", "half", "bfloat16", "to", "type", "type_as", "neg",
+               "exp", "abs")(_passthrough)
+
+
+def _operands(call: Call):
+    """(label, value) of the two operands of a binary operation."""
+    first = (call.label(0, "input"), call.arg(0, "input"))
+    second = (call.label(1, "other"), call.arg(1, "other"))
+    return [first, second]
+
+
+def _elementwise(call: Call, residual: bool, divides: bool = False):
+    """Binary elementwise operations with broadcasting: the channel ids of labelled operands meet
+    entry by entry and are merged; a parameter operand is indexed by the channels it meets (a
+    layer scale, a learned bias); any other tensor operand must not vary along a channel
+    dimension, since nothing would shrink it."""
+    walk, out = call.walk, call.value
+    operands = _operands(call)
+    labelled = [label for label, _ in operands if isinstance(label, Label)]
+    if len(labelled) == 2:
+        a, b = torch.broadcast_tensors(labelled[0].ids, labelled[1].ids)
+        walk.merge(a, b, residual)
+        ids = a
+    else:
+        ids = labelled[0].ids
+    result = walk.compress(ids.reshape([1] * (out.dim() - ids.dim()) + list(ids.shape)))
+    for position, (label, value) in enumerate(operands):
+        if isinstance(label, Label) or not isinstance(value, torch.Tensor):
+            continue
+        offset = out.dim() - value.dim()
+        for dim in range(value.dim()):
+            if value.shape[dim] == 1 or result.ids.shape[offset + dim] == 1:
+                continue  # broadcast over channels, or indexed along a dimension without them
+            if not isinstance(label, Attr):
+                call.refuse(f"{_what(call)} with a computed tensor indexed by channels",
+                            "only parameters and buffers read in forward() are followed")
+            ids = walk.read(result, offset + dim, value.shape[dim])
+            # A divisor cannot be zeroed; it is indexed, not written.
+            walk.record_key(label.key, dim, ids, writes=not (divides and position == 1))
+    return result
+
+
+@function_handler(operator.add, operator.iadd, torch.add, operator.sub, operator.isub, torch.sub)
+def _add(call: Call):
+    return _elementwise(call, residual=True)
+
+
+method_handler("add", "add_", "sub", "sub_")(_add)
+
+
+@function_handler(operator.mul, operator.imul, torch.mul)
+def _mul(call: Call):
+    return _elementwise(call, residual=False)
+
+
+method_handler("mul", "mul_")(_mul)
+
+
+@function_handler(operator.truediv, operator.itruediv, torch.div)
+def _div(call: Call):
+    return _elementwise(call, residual=False, divides=True)
+
+
+method_handler("div", "div_")(_div)
+
+
+# -- layers -----------------------------------------------------------------------------------------
+
+@module_handler(nn.Conv1d, nn.Conv2d, nn.Conv3d)
+def _conv(call: Call):
+    """Output channels get new ids, input channels are the weight's columns. A depthwise
+    convolution (one input and one output channel per group) keeps its input's ids: input and
+    output channel c are one channel. A grouped convolution with as many outputs as inputs per
+    group does the same, and its groups leave whole: removing whole groups keeps every kept
+    group's width, so the layer keeps its kernel shape, its weight shrinks along one dimension
+    and ``groups`` follows; taking equal numbers from every group would instead cut each
+    group's columns differently. Other groupings are refused."""
+    walk, conv, name, value = call.walk, call.module, call.name, call.value
+    inputs = walk.read(call.tensor_labels()[0], 1, conv.in_channels)
+    per_group_in = conv.in_channels // conv.groups
+    per_group_out = conv.out_channels // conv.groups
+    if conv.groups == 1:
+        walk.record(name, "weight", 1, inputs, writes=False)
+        out = walk.fresh(value, 1).ids.flatten()
+    elif per_group_in == per_group_out:
+        out = inputs
+        if per_group_in > 1:
+            walk.units.extend(inputs.reshape(conv.groups, per_group_in))
+    else:
+        call.refuse(f"grouped convolution (groups={conv.groups}, {per_group_in} input and "
+                    f"{per_group_out} output channels per group)",
+                    "only groups with as many outputs as inputs (depthwise, ResNeXt, RegNet)")
+    walk.record(name, "weight", 0, out, writes=True)
+    if conv.bias is not None:
+        walk.record(name, "bias", 0, out, writes=True)
+    walk.write(name, out)
+    return walk.along(out, value, 1)
+
+
+@module_handler(nn.Linear)
+def _linear(call: Call):
+    """Reads and writes the last dimension, whatever the tensor's rank ((N, C), (N, T, C))."""
+    walk, linear, name, value = call.walk, call.module, call.name, call.value
+    inputs = walk.read(call.tensor_labels()[0], -1, linear.in_features)
+    walk.record(name, "weight", 1, inputs, writes=False)
+    out = walk.fresh(value, value.dim() - 1).ids.flatten()
+    walk.record(name, "weight", 0, out, writes=True)
+    if linear.bias is not None:
+        walk.record(name, "bias", 0, out, writes=True)
+    walk.write(name, out)
+    return walk.along(out, value, value.dim() - 1)
+
+
+@module_handler(nn.modules.batchnorm._BatchNorm)
+def _batchnorm(call: Call):
+    """Per-channel statistics and affine map along dimension 1: every tensor follows the
+    channels; the running statistics describe a channel, they do not compute it."""
+    walk, bn, name = call.walk, call.module, call.name
+    label = call.tensor_labels()[0]
+    ids = walk.read(label, 1, bn.num_features)
+    for tensor in ("weight", "bias", "running_mean", "running_var"):
+        if getattr(bn, tensor, None) is not None:
+            walk.record(name, tensor, 0, ids, writes=True)
+    return walk.along(ids, call.value, 1)
+
+
+@module_handler(nn.LayerNorm)
+def _layernorm(call: Call):
+    """Normalises one dimension: the last one for nn.LayerNorm; for a subclass, the dimension
+    it is found to normalise (see ``_normalized_dim``). Its statistics span the channels, so the
+    graph records it for the masked model's normalisation over kept channels."""
+    walk, norm, name, value = call.walk, call.module, call.name, call.value
+    if len(norm.normalized_shape) != 1:
+        call.refuse(f"LayerNorm over {len(norm.normalized_shape)} dimensions",
+                    "only LayerNorm over the channels")
+    dim = _normalized_dim(call)
+    label = call.tensor_labels()[0]
+    ids = walk.read(label, dim, norm.normalized_shape[0])
+    if norm.elementwise_affine:
+        walk.record(name, "weight", 0, ids, writes=True)
+        if norm.bias is not None:
+            walk.record(name, "bias", 0, ids, writes=True)
+    walk.normalizations.append(Normalization(name, dim % value.dim(), [int(i) for i in ids]))
+    return walk.along(ids, value, dim % value.dim())
+
+
+def _normalized_dim(call: Call) -> int:
+    """nn.LayerNorm normalises the last dimension. A subclass may move it (torchvision's
+    LayerNorm2d normalises dimension 1 of an image batch): its output on a random input is
+    compared with layer_norm over each candidate dimension, and exactly one must match."""
+    norm, x = call.module, call.args[0]
+    if type(norm) is nn.LayerNorm:
+        return x.dim() - 1
+    probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)).to(x)
+    with torch.no_grad():
+        out = norm(probe)
+        found = []
+        for dim in sorted({x.dim() - 1, 1}):
+            if probe.shape[dim] != norm.normalized_shape[0]:
+                continue
+            moved = F.layer_norm(probe.movedim(dim, -1), norm.normalized_shape, norm.weight,
+                                 norm.bias, norm.eps).movedim(-1, dim)
+            if torch.allclose(out, moved, atol=1e-5, rtol=1e-4):
+                found.append(dim)
+    if len(found) != 1:
+        call.refuse(type(norm).__name__, "a LayerNorm subclass that normalises neither the "
+                    "last dimension nor dimension 1 of its input")
+    return found[0]
+
+
+@module_handler(nn.GroupNorm)
+def _groupnorm(call: Call):
+    """Statistics per group of channels along dimension 1: whole groups leave, so a kept
+    group's statistics are what they were, masked or removed; ``num_groups`` follows."""
+    walk, norm, name = call.walk, call.module, call.name
+    ids = walk.read(call.tensor_labels()[0], 1, norm.num_channels)
+    per_group = norm.num_channels // norm.num_groups
+    if per_group > 1:
+        walk.units.extend(ids.reshape(norm.num_groups, per_group))
+    if norm.affine:
+        walk.record(name, "weight", 0, ids, writes=True)
+        walk.record(name, "bias", 0, ids, writes=True)
+    return walk.along(ids, call.value, 1)
+
+
+# -- pooling and reductions -------------------------------------------------------------------------
+
+def _pooling(call: Call, spatial_dims: int):
+    label, value = call.tensor_labels()[0], call.value
+    if any(size > 1 for size in label.ids.shape[-spatial_dims:]):
+        call.refuse(type(call.module).__name__ if call.module is not None else _what(call),
+                    "it pools over a dimension that holds channels")
+    return Label(label.ids.reshape([1] * (value.dim() - label.ids.dim()) + list(label.ids.shape)))
+
+
+@module_handler(nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+def _pool2d_module(call: Call):
+    return _pooling(call, 2)
+
+
+@module_handler(nn.MaxPool1d, nn.AvgPool1d, nn.AdaptiveAvgPool1d, nn.AdaptiveMaxPool1d)
+def _pool1d_module(call: Call):
+    return _pooling(call, 1)
+
+
+@function_handler(F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+                  torch.max_pool2d, torch._C._nn.adaptive_avg_pool2d)
+def _pool2d_function(call: Call):
+    return _pooling(call, 2)
+
+
+@function_handler(F.interpolate)
+def _interpolate(call: Call):
+    value = call.value
+    return _pooling(call, value.dim() - 2)
+
+
+@function_handler(torch.mean, torch.sum, torch.amax, torch.amin)
+def _reduction(call: Call):
+    """A reduction over dimensions without channels keeps them (global average pooling as
+    x.mean([2, 3])); over channels it is refused (the mean of fewer channels is another mean)."""
+    label = call.tensor_labels()[0]
+    x = call.arg(0, "input")
+    dims = call.arg(1, "dim")
+    keepdim = bool(call.arg(2, "keepdim", False))
+    if dims is None:
+        call.refuse(_what(call), "it reduces over every dimension, channels included")
+    dims = [dims] if isinstance(dims, int) else list(dims)
+    dims = [d % x.dim() for d in dims]
+    if any(label.ids.shape[d] > 1 for d in dims):
+        call.refuse(_what(call), "it reduces over a dimension that holds channels")
+    return Label(label.ids.amax(dim=dims, keepdim=keepdim) if dims else label.ids)
+
+
+method_handler("mean", "sum", "amax", "amin")(_reduction)
+
+
+@function_handler(F.softmax, F.log_softmax, torch.softmax)
+def _softmax(call: Call):
+    label = call.tensor_labels()[0]
+    dim = call.arg(1, "dim")
+    if dim is None or label.ids.shape[dim] > 1:
+        call.refuse(_what(call), "it normalises over a dimension that holds channels")
+    return label
+
+
+method_handler("softmax", "log_softmax")(_softmax)
+
+
+# -- data movement: applied to the ids themselves ----------------------------------------------------
+
+def _movement(call: Call):
+    """View, reshape, permute, transpose, flatten, chunk, split, slicing, channel shuffle: the
+    same operation is applied to the ids laid out like the tensor, so the result's label says
+    where every channel went (a flatten repeats a channel's id over its H x W block; a shuffle
+    permutes them). What the compact model's smaller tensor must still allow is constrained
+    here too (``_positions_constraints``, ``_keep_rectangular``)."""
+    _positions_constraints(call)
+    result = _apply_to_ids(call)
+    for label in _flat_labels(result):
+        _keep_rectangular(call.walk, label)
+    return result
+
+
+def _apply_to_ids(call: Call):
+    args = tuple(_substitute(call, a, l) for a, l in zip(call.args, call.labels + (None,) * len(call.args)))
+    kwargs = {k: _substitute(call, v, call.kwarg_labels.get(k)) for k, v in call.kwargs.items()}
+    if call.node.op == "call_method":
+        self, *rest = args
+        result = getattr(self, call.node.target)(*rest, **kwargs)
+    else:
+        result = call.node.target(*args, **kwargs)
+    return _from_ids(call, result)
+
+
+_SLICING_METHODS = {"split": (1, "split_size_or_sections", 2), "narrow": (0, "dim", 0),
+                    "select": (0, "dim", 0), "unbind": (0, "dim", 0)}
+
+
+def _positions_constraints(call: Call) -> None:
+    """Operations that address channels by position must find them where the compact model
+    has them. chunk(n) along channels splits at a size/n boundary that moves with the width, so
+    position i of every chunk leaves together (each chunk keeps as many). Slicing, narrow, split
+    and select take constant positions: the channels along that dimension are never removed."""
+    walk, node = call.walk, call.node
+    label = call.labels[0] if call.labels else None
+    if not isinstance(label, Label):
+        return
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    x = call.args[0]
+    fixed_dims = []
+    if name == "chunk":
+        dim = call.arg(2, "dim", 0) % x.dim()
+        chunks = call.arg(1, "chunks")
+        if label.ids.shape[dim] > 1:
+            size = x.shape[dim]
+            ids = ids_along(label, dim, size)[:, 0]
+            if size % chunks:
+                fixed_dims.append(dim)
+            else:
+                walk.units.extend(ids.reshape(chunks, size // chunks).T)
+    elif name in ("split", "narrow", "select", "unbind"):
+        dim = call.arg(2 if name == "split" else 1, "dim", 0) if name != "unbind" else call.arg(1, "dim", 0)
+        fixed_dims.append(dim % x.dim())
+    elif name == "getitem":
+        fixed_dims.extend(_indexed_dims(call.args[1], x.dim()))
+    for dim in fixed_dims:
+        if label.ids.shape[dim] > 1:
+            walk.fix(label.ids, f"channels addressed by position ({name} at node {node.name})")
+
+
+def _indexed_dims(index, rank: int) -> List[int]:
+    """Dimensions an index expression selects from (ints and slices other than ':')."""
+    index = index if isinstance(index, tuple) else (index,)
+    dims, dim = [], 0
+    for position, item in enumerate(index):
+        if item is Ellipsis:
+            dim = rank - sum(1 for i in index[position + 1:] if i is not None)
+            continue
+        if item is None:
+            continue
+        if isinstance(item, int) or (isinstance(item, slice) and item != slice(None)):
+            dims.append(dim)
+        dim += 1
+    return dims
+
+
+def _keep_rectangular(walk: "Walk", label: Label) -> None:
+    """A tensor whose channels spread over two or more dimensions (a channel shuffle's
+    (groups, channels per group) view) must stay a full block after removal: channels leave as
+    whole slices along the largest of those dimensions, one position of it across all others
+    (a shuffle's pairs), so every view computed from the width still lines up."""
+    varying = label.varying()
+    if len(varying) < 2:
+        return
+    free = max(varying, key=lambda d: label.ids.shape[d])
+    size = label.ids.shape[free]
+    rows = label.ids.movedim(free, 0).reshape(size, -1)
+    walk.units.extend(rows)
+
+
+method_handler("view", "reshape", "permute", "transpose", "flatten", "unflatten", "squeeze",
+               "unsqueeze", "expand", "chunk", "split", "narrow", "movedim", "swapaxes", "t",
+               "roll", "repeat", "select", "unbind")(_movement)
+function_handler(torch.flatten, torch.permute, torch.transpose, torch.reshape, torch.squeeze,
+                 torch.unsqueeze, torch.chunk, torch.split, torch.narrow, torch.movedim,
+                 torch.swapaxes, torch.roll, torch.select, torch.unbind)(_movement)
+
+
+@module_handler(nn.Flatten)
+def _flatten_module(call: Call):
+    flat = torch.flatten(_expand(call.tensor_labels()[0], call.args[0]), call.module.start_dim,
+                         call.module.end_dim)
+    return call.walk.compress(flat)
+
+
+@function_handler(operator.getitem)
+def _getitem(call: Call):
+    container = call.labels[0]
+    if isinstance(container, (list, tuple)):  # an element of chunk()'s or split()'s result
+        return container[call.args[1]]
+    if isinstance(call.args[1], torch.Tensor) or (isinstance(call.args[1], tuple) and any(
+            isinstance(i, torch.Tensor) for i in call.args[1])):
+        call.refuse("indexing with a tensor")
+    return _movement(call)
+
+
+@function_handler(torch.cat, torch.concat)
+def _cat(call: Call):
+    """Concatenation lays its operands' ids side by side; along channels, an operand without ids
+    (zeros, a constant) brings channels of its own that no layer writes."""
+    walk = call.walk
+    tensors = call.arg(0, "tensors")
+    labels = call.label(0, "tensors") or (None,) * len(tensors)
+    dim = call.arg(1, "dim", 0) % call.value.dim()
+    labelled = [l for l in labels if isinstance(l, Label)]
+    channels_along = any(l.ids.shape[dim] > 1 for l in labelled)
+    parts = []
+    for tensor, label in zip(tensors, labels):
+        if isinstance(label, Label):
+            parts.append(_expand(label, tensor))
+        elif channels_along and not isinstance(label, Attr):
+            parts.append(walk.fresh(tensor, dim).ids.expand(tensor.shape))
+        else:
+            call.refuse("torch.cat of a tensor without channel ids along a dimension that holds "
+                        "none" if not channels_along else "torch.cat of a parameter")
+    return walk.compress(torch.cat(parts, dim))
+
+
+@function_handler(F.pad)
+def _pad(call: Call):
+    """Padding along a dimension with channels adds channels that no layer writes (new ids);
+    along any other dimension it leaves the ids as they are."""
+    walk, label, value = call.walk, call.tensor_labels()[0], call.value
+    pad = list(call.arg(1, "pad"))
+    if call.arg(2, "mode", "constant") != "constant":
+        if any(label.ids.shape[-1 - i // 2] > 1 for i in range(0, len(pad), 2) if pad[i] or pad[i + 1]):
+            call.refuse("F.pad (not constant) along channels")
+    ids = label.ids
+    for i in range(0, len(pad), 2):
+        dim = ids.dim() - 1 - i // 2
+        if ids.shape[dim] == 1 or not (pad[i] or pad[i + 1]):
+            continue
+        before = walk.uf.new(pad[i]).reshape([pad[i] if d == dim else 1 for d in range(ids.dim())])
+        after = walk.uf.new(pad[i + 1]).reshape([pad[i + 1] if d == dim else 1 for d in range(ids.dim())])
+        shape = list(ids.shape)
+        ids = torch.cat([before.expand(*[s if d != dim else pad[i] for d, s in enumerate(shape)]), ids,
+                         after.expand(*[s if d != dim else pad[i + 1] for d, s in enumerate(shape)])], dim)
+    return walk.compress(ids)
+
+
+# -- the models' own parameter-free layers ----------------------------------------------------------
+
+@module_handler(ZeroPadShortcut)
+def _zero_pad_shortcut(call: Call):
+    """Option A's shortcut: subsample, then zero channels after the input's: the input's
+    channels keep their ids and positions; the appended ones have no writer of their own."""
+    walk, label = call.walk, call.tensor_labels()[0]
+    ids = walk.read(label, 1, call.args[0].shape[1])
+    extra = walk.uf.new(call.module.extra_channels)
+    return walk.along(torch.cat([ids, extra]), call.value, 1)
+
+
+@module_handler(nn.Module)
+def _leaf(call: Call):
+    """An input adapter (a model's ``fx_leaf`` module) right after the input: its channels are
+    the input's, never pruned. Any other leaf module is not in the table."""
+    module = call.module
+    if not getattr(type(module), "fx_leaf", False):
+        call.refuse(type(module).__name__)
+    walk = call.walk
+    if not all(int(i) in walk.fixed for i in call.tensor_labels()[0].ids.flatten().tolist()):
+        call.refuse(type(module).__name__, "an input adapter after the input")
+    label = walk.fresh(call.value, 1)
+    walk.fix(label.ids, "the model's inputs")
+    return label
