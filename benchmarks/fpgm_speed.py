@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
-from models.compact import compact_model  # noqa: E402
+from pruners.compact import compact_model  # noqa: E402
 from models.inference import differs_for_deployment, for_deployment  # noqa: E402
 from pruners import PruneContext, create_pruner  # noqa: E402
 from pruners.structured import paper_counted_flops  # noqa: E402

@@ -22,6 +22,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set
 import torch
 import torch.nn as nn
 
+from models.layers import ZeroPadShortcut
 from pruners.graph import DependencyGraph, Group, build_graph
 from utils.errors import UnsupportedOperation, UserError
 from utils.masks import detached_copy, make_permanent
@@ -202,6 +203,7 @@ FOLLOWED_ATTRIBUTES = {
     nn.modules.batchnorm._BatchNorm: ("num_features",),
     nn.GroupNorm: ("num_channels", "num_groups"),
     nn.LayerNorm: ("normalized_shape",),
+    ZeroPadShortcut: ("extra_channels",),
 }
 
 
@@ -286,6 +288,8 @@ def compact_model(model: nn.Module, pruned: Dict[str, Sequence[int]],
                 name in normalized and normalized[name] != len(
                     next(n.sets for n in graph.normalizations if n.module == name))):
             follow_tensors(name or type(model).__name__, module, before[name], normalized.get(name))
+    for size in graph.sizes:
+        setattr(modules[size.module], size.attribute, sum(s not in gone for s in size.sets))
     if hasattr(small, "width_groups") and hasattr(small, "widths"):
         small.widths = tuple(sum(1 for s in graph.group_at(layer, channel).sets if s not in gone)
                              for layer, channel in small.width_groups())

@@ -1,29 +1,16 @@
-"""Norm criteria beside FPGM, on the same groups, schedule and removal (pruners/structured.py).
+"""The other filter methods from the command line, on the same groups, schedule and removal as
+FPGM (pruners/structured.py); their criteria are pruners/criteria/norms.py and taylor.py.
 
 - l1norm: Li et al., ICLR 2017, "Pruning Filters for Efficient ConvNets": the filters of smallest
-  L1 norm (sum of absolute weights), pruned once and retrained (fixed schedule).
+  L1 norm, pruned once and retrained (fixed schedule).
 - sfp: He et al., IJCAI 2018, "Soft Filter Pruning": the filters of smallest L2 norm, re-selected
   and zeroed at the end of every epoch while they keep training (soft schedule).
+- taylor: Molchanov et al., CVPR 2019: the channels of smallest first-order Taylor importance
+  (activation x gradient) over a few training batches at every selection (soft schedule here).
 """
-import torch
-
 from pruners import register_pruner
-from pruners.structured import FilterCriterion, StructuredPruner
-
-
-class SmallestNormFilters(FilterCriterion):
-    """``amount`` of the filters of smallest Lp norm, ties by position."""
-
-    def __init__(self, amount: float, p: int, channel_multiple: int = 1):
-        super().__init__(amount, channel_multiple)
-        self.p = p
-        self.name = f"smallest L{p} norm"
-
-    @torch.no_grad()
-    def select(self, weight: torch.Tensor) -> torch.Tensor:
-        vectors = weight.detach().flatten(1).double()
-        norms = vectors.norm(p=self.p, dim=1)
-        return torch.argsort(norms, stable=True)[:self.pruned(len(vectors))].sort().values
+from pruners.criteria import L1Norm, SoftFilterNorm, Taylor
+from pruners.structured import StructuredPruner
 
 
 @register_pruner("l1norm")
@@ -32,8 +19,8 @@ class L1NormPruner(StructuredPruner):
 
     default_mode = "fixed"
 
-    def make_criterion(self, rate: float) -> SmallestNormFilters:
-        return SmallestNormFilters(rate, p=1, channel_multiple=self.channel_multiple)
+    def make_criterion(self):
+        return L1Norm()
 
 
 @register_pruner("sfp")
@@ -42,5 +29,15 @@ class SoftFilterPruner(StructuredPruner):
 
     default_mode = "soft"
 
-    def make_criterion(self, rate: float) -> SmallestNormFilters:
-        return SmallestNormFilters(rate, p=2, channel_multiple=self.channel_multiple)
+    def make_criterion(self):
+        return SoftFilterNorm()
+
+
+@register_pruner("taylor")
+class TaylorPruner(StructuredPruner):
+    """Molchanov et al. 2019: first-order Taylor importance from training batches."""
+
+    default_mode = "soft"
+
+    def make_criterion(self):
+        return Taylor()

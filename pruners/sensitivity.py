@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.base import weight_layers
-from models.compact import group_vectors, pruned_sets, writer_tensors
-from models.graph import traced
+from pruners.compact import pruned_sets, writer_tensors
+from utils.tracing import traced
 from pruners.songhan import smallest_k_masks
 from utils.errors import UserError
 from utils.training import evaluate
@@ -77,8 +77,7 @@ class Sensitivity:
                 (mask,) = smallest_k_masks([weight], round(rate * weight.numel()))
                 return [(weight, weight.detach() * mask)]
             group = self.groups[unit.name]
-            index = self.pruner.make_criterion(rate).select(
-                group_vectors(self.model, self.graph, group))
+            index = self.pruner.select_at(self.model, group, rate)
             sets = pruned_sets(self.graph, {group.name: index.tolist()})
             values = []
             for _, tensor, dim, positions in writer_tensors(self.model, self.graph, sets):

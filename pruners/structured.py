@@ -1,18 +1,19 @@
-"""Structured (filter) pruning, once for every criterion: selection per channel group, a soft or
-fixed schedule through the shared training loop, physical removal, metadata.
+"""Structured (filter) pruning from the command line, once for every criterion: a schedule over
+the step-level API (pruners/channel.ChannelPruner) through the shared training loop, physical
+removal, metadata.
 
-A criterion (``FilterCriterion``) only says which filters of a group go, as torch.nn.utils.prune's
-methods compute a mask: FPGM's geometric median (pruners/fpgm.py), the smallest L1 norm of Li et
-al. 2017 and the smallest L2 norm of SFP (pruners/norms.py). The groups come from the model's
-channel-dependency graph (models/graph.py): every conv and hidden linear layer of a plain chain,
-block-internal channels of a residual network, and with ``prune_residual`` its residual streams;
-never the classifier's outputs. A group's filters are the rows of every layer that writes it,
-concatenated (models/compact.group_vectors).
+A criterion (pruners/criteria) only says which channels of a group go: FPGM's geometric median,
+the smallest L1 norm of Li et al. 2017, the smallest L2 norm of SFP, Molchanov et al.'s Taylor
+importance. The groups come from the model's channel-dependency graph (pruners/graph): every conv
+and hidden linear layer of a plain chain, block-internal channels of a residual network, the
+expanded channels of an inverted residual with its depthwise conv and its squeeze-and-excitation
+gate, and with ``prune_residual`` the residual streams; never the classifier's outputs.
 
-Soft mode (FPGM's and SFP's schedule) zeroes the selection at the end of every retraining epoch
-and lets training update it again, so the selection can change; fixed mode (Li et al.'s) holds
-the first selection at zero under torch.nn.utils.prune masks. Afterwards the selected channels are
-removed physically (models/compact.py): a smaller dense model of the same class.
+Soft mode (FPGM's and SFP's schedule) selects and zeroes at the end of every retraining epoch and
+lets training update the zeroed channels, so the selection can change; fixed mode (Li et al.'s)
+holds the first selection at zero under torch.nn.utils.prune masks. Afterwards the selected
+channels are removed by surgery (pruners/compact.py): a smaller model of the same classes, checked
+against the masked one.
 """
 import math
 from typing import Dict, List, Optional, Sequence
@@ -20,68 +21,19 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from models.base import weight_layers
-from models.compact import (channel_masks, compact_model, graph_of, group_vectors, pruned_sets,
-                            zero_channels)
-from models.graph import DependencyGraph, Group
 from pruners.base import DEFAULT_CUT_RATE, PruneContext, Pruner, check_rate
+from pruners.channel import MODES, ChannelPruner, aligned_count  # noqa: F401
+from pruners.compact import group_rows, structure
+from pruners.criteria import Criterion
+from pruners.criteria.fpgm import pruned_count  # noqa: F401
+from pruners.graph import DependencyGraph, Group
 from utils import cli
 from utils.errors import UserError
-from utils.masks import apply_masks, make_permanent, masked_tensors
-from utils.modes import eval_mode
+from utils.masks import make_permanent, masked_tensors
 from utils.reporting.counting import LayerStats, layer_stats
 
-MODES = ("soft", "fixed")
-# floor(N x rate) in floating point can land just under an integer (0.29 x 100 =
-# 28.999999999999996); the tolerance keeps such products on the integer they denote.
-_FLOOR_TOLERANCE = 1e-9
-
-
-def pruned_count(filters: int, rate: float) -> int:
-    """floor(filters x rate), the number of filters a rate removes from a layer."""
-    return int(math.floor(filters * rate + _FLOOR_TOLERANCE))
-
-
-def aligned_count(filters: int, pruned: int, multiple: int) -> int:
-    """``pruned`` moved so that the kept filters are a multiple of ``multiple`` (the nearest one
-    to what the rate keeps, ties towards keeping more, never fewer than ``multiple``): CPU
-    convolution kernels work on blocks of 8 or 16 channels, so a layer cut from 16 to 10
-    channels runs slower than at 16, and one cut to 8 runs twice as fast
-    (benchmarks/fpgm_speed.py). Groups of ``multiple`` channels or fewer keep the rate's count."""
-    if multiple <= 1 or filters <= multiple:
-        return pruned
-    kept = filters - pruned
-    aligned = max(multiple, math.floor(kept / multiple + 0.5) * multiple)
-    return filters - min(aligned, filters)
-
-
-class FilterCriterion:
-    """Which filters of a group to prune: ``amount`` (a fraction) of them, the count rounded by
-    ``channel_multiple``; ``select`` takes the group's filters as an (N, D) matrix, one row per
-    channel, and gives the sorted indices of the rows to prune."""
-
-    name = ""
-
-    def __init__(self, amount: float, channel_multiple: int = 1):
-        self.amount = amount
-        self.channel_multiple = channel_multiple
-
-    def extra(self, filters: int) -> int:
-        """Filters a criterion removes on top of ``amount`` (FPGM-mix's norm share)."""
-        return 0
-
-    def pruned(self, filters: int) -> int:
-        return aligned_count(filters, pruned_count(filters, self.amount) + self.extra(filters),
-                             self.channel_multiple)
-
-    def select(self, weight: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
-        """The torch.nn.utils.prune form: ``default_mask`` with the selected filters zeroed."""
-        mask = default_mask.clone()
-        mask[self.select(t)] = 0
-        return mask
+# Batches of the training split the data-aware criteria (taylor) see at every selection.
+DATA_BATCHES = 8
 
 
 # ---- what the paper's counting claims -----------------------------------------------------
@@ -118,7 +70,7 @@ class StructuredPruner(Pruner):
 
     structured = True
     default_mode = "soft"
-    SHARED_GROUP = "structured pruning options (fpgm, l1norm, sfp)"
+    SHARED_GROUP = "structured pruning options (fpgm, l1norm, sfp, taylor)"
 
     @classmethod
     def argument_groups(cls):
@@ -183,29 +135,30 @@ class StructuredPruner(Pruner):
         self.layer_rates = {name: check_rate(f"--layer_rates {name}", rate)
                             for name, rate in (layer_rates or {}).items()}
         if self.mode not in MODES:
-            raise UserError(f"--prune_mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+            raise UserError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if self.finetune_epochs < 0:
-            raise UserError(f"--finetune_epochs must be zero or more, got {self.finetune_epochs}")
+            raise UserError(f"finetune_epochs must be zero or more, got {self.finetune_epochs}")
         if self.channel_multiple < 1:
-            raise UserError(f"--channel_multiple must be at least 1, got {channel_multiple}")
-        self.criterion = self.make_criterion(self.rate)
+            raise UserError(f"channel_multiple must be at least 1, got {channel_multiple}")
+        self.criterion = self.make_criterion()
         self.selection: Dict[str, torch.Tensor] = {}
         self.epoch_log: List[dict] = []
         self.finetune_log: List[dict] = []
         self.finetune_acc: Optional[float] = None
         self.original_widths: Optional[list] = None
         self.widths: Optional[list] = None
+        self.structure: Dict[str, dict] = {}
         self.compact_difference: Optional[float] = None
         self.graph: Optional[DependencyGraph] = None
         self.flops: Optional[dict] = None
         self.group_rates: Dict[str, float] = {}
-        self._criteria: Dict[float, FilterCriterion] = {}
+        self._channel_pruner: Optional[ChannelPruner] = None
 
-    def make_criterion(self, rate: float) -> FilterCriterion:
+    def make_criterion(self) -> Criterion:
         raise NotImplementedError
 
     def describe_criterion(self) -> str:
-        return self.criterion.name
+        return self.criterion.describe()
 
     def check_model(self, model: nn.Module) -> None:
         if any(True for _ in masked_tensors(model)):
@@ -216,76 +169,58 @@ class StructuredPruner(Pruner):
 
     # -- which groups, how many ------------------------------------------------------------
 
-    def _rate_of(self, group: Group) -> float:
-        """--layer_rates names a group (or a layer that writes it); else --cut_rate."""
-        for name in (group.name,) + group.writers:
-            if name in self.layer_rates:
-                return self.layer_rates[name]
-        return self.rate
+    def channel_pruner(self, model: nn.Module, example_inputs=None) -> ChannelPruner:
+        """The step-level pruner this schedule drives (its graph built once per model)."""
+        if self._channel_pruner is None or self._channel_pruner.model is not model:
+            inputs = example_inputs if example_inputs is not None else model.input_shape
+            self._channel_pruner = ChannelPruner(
+                model, inputs, criterion=self.criterion, rate=self.rate,
+                layer_rates=self.layer_rates, prune_residual=self.prune_residual,
+                exclude=self.exclude, channel_multiple=self.channel_multiple, mode=self.mode)
+            self.graph = self._channel_pruner.graph
+            self.group_rates = dict(self._channel_pruner.group_rates)
+        return self._channel_pruner
 
-    def prunable_groups(self, model: nn.Module) -> List[Group]:
-        """The channel groups this run prunes (every group that is neither the input's, the
-        output's, nor, without --prune_residual, a residual stream; none written by an excluded
-        layer). Checks the flags against the model (unknown names, a group emptied, operations
-        the graph does not know), so it runs before any training."""
-        self.graph = graph_of(model)
-        names = [name for name, _ in weight_layers(model)]
-        unknown = [n for n in self.exclude if n not in names]
-        if unknown:
-            raise UserError(f"--exclude names no layer of {type(model).__name__}: "
-                            f"{', '.join(unknown)}; its layers are {', '.join(names)}")
-        known = set(names) | {g.name for g in self.graph.groups}
-        unknown = [n for n in self.layer_rates if n not in known]
-        if unknown:
-            raise UserError(f"--layer_rates names no layer or group of {type(model).__name__}: "
-                            f"{', '.join(unknown)}; its groups are "
-                            f"{', '.join(g.name for g in self.graph.prunable(True))}")
-        groups = [g for g in self.graph.prunable(residual=self.prune_residual)
-                  if not set(g.writers) & set(self.exclude)]
-        self.group_rates = {g.name: self._rate_of(g) for g in groups}
-        for group in groups:
-            criterion = self._criterion_for(self.group_rates[group.name])
-            count = criterion.pruned(len(group))
-            if count >= len(group):
-                raise UserError(
-                    f"{self.describe_rate(group)} would remove all {len(group)} filters of "
-                    f"{group.name}; lower the rate or --exclude it")
-        return groups
+    def prunable_groups(self, model: nn.Module, example_inputs=None) -> List[Group]:
+        """The channel groups this run prunes. Checks the arguments against the model (unknown
+        names, a group emptied, operations the graph does not know), so it runs before any
+        training."""
+        return self.channel_pruner(model, example_inputs).prunable
 
-    def describe_rate(self, group: Group) -> str:
-        return f"a rate of {self.group_rates[group.name]}"
-
-    def _criterion_for(self, rate: float) -> FilterCriterion:
-        if rate not in self._criteria:
-            self._criteria[rate] = self.criterion if rate == self.rate else self.make_criterion(rate)
-        return self._criteria[rate]
-
-    def select(self, model: nn.Module, groups: List[Group]) -> Dict[str, torch.Tensor]:
-        """Per group, the positions of the channels to prune, judged on the filters of every
-        layer that writes them together (see models/compact.group_vectors)."""
-        return {g.name: self._criterion_for(self.group_rates[g.name]).select(
-                    group_vectors(model, self.graph, g)) for g in groups}
-
-    def _sets(self, selection: Dict[str, torch.Tensor]):
-        return pruned_sets(self.graph, {name: index.tolist() for name, index in selection.items()})
+    def select_at(self, model: nn.Module, group: Group, rate: float) -> torch.Tensor:
+        """Positions of ``group``'s channels the criterion removes at ``rate`` (sensitivity)."""
+        pruner = self.channel_pruner(model)
+        units = len(group.units)
+        count = min(units, aligned_count(units, pruned_count(units, rate) + self.criterion.extra(units),
+                                         self.channel_multiple if all(len(u) == 1 for u in group.units) else 1))
+        chosen = self.criterion.select(pruner.view(group), count)
+        return torch.tensor(sorted(p for u in chosen.tolist() for p in group.units[u]), dtype=torch.long)
 
     # -- soft mode -------------------------------------------------------------------------
 
-    def soft_step(self, model: nn.Module, groups: List[Group], epoch: int, print_fn=None) -> dict:
+    def _data(self, context: Optional[PruneContext]):
+        """Training batches for a criterion that asks for data."""
+        if not self.criterion.needs_data or context is None:
+            return None
+        batches = context.train.batches(context.settings.batch_size, shuffle=True,
+                                        generator=context.generator)
+        return [batch for _, batch in zip(range(DATA_BATCHES), batches)]
+
+    def soft_step(self, model: nn.Module, groups: List[Group], epoch: int, print_fn=None,
+                  context: Optional[PruneContext] = None) -> dict:
         """Reselect from the current weights and zero the selection (BatchNorm's scale and
-        shift too). Records how many filters zeroed last time have grown back and how many of
+        shift too). Records how many channels zeroed last time have grown back and how many of
         them left the selection."""
-        new = self.select(model, groups)
-        regrown = left = 0
+        pruner = self.channel_pruner(model)
+        old = dict(self.selection)
+        regrown = 0
         for group in groups:
-            old = self.selection.get(group.name)
-            if old is None:
-                continue
-            vectors = group_vectors(model, self.graph, group)
-            regrown += int((vectors[old.to(vectors.device)].abs().sum(dim=1) > 0).sum())
-            left += len(set(old.tolist()) - set(new[group.name].tolist()))
-        zero_channels(model, self.graph, self._sets(new))
-        self.selection = new
+            if group.name in old:
+                rows = group_rows(model, self.graph, group)
+                regrown += int((rows[old[group.name].to(rows.device)].abs().sum(dim=1) > 0).sum())
+        new = pruner.step(self._data(context))
+        left = sum(len(set(old[g].tolist()) - set(new[g].tolist())) for g in old if g in new)
+        self.selection = dict(new)
         entry = {"epoch": epoch, "zeroed": sum(len(v) for v in new.values()),
                  "regrown": regrown, "left": left}
         self.epoch_log.append(entry)
@@ -303,21 +238,21 @@ class StructuredPruner(Pruner):
     def _set_selection_state(self, state: dict) -> None:
         self.selection = dict(state["selection"])
         self.epoch_log = list(state["epoch_log"])
+        if self._channel_pruner is not None:
+            self._channel_pruner.selection = dict(self.selection)
 
     def train_masked(self, model: nn.Module, context: PruneContext) -> Dict[str, torch.Tensor]:
         """Soft- or fixed-prune ``model`` in place while retraining; returns the final selection
         (its channels are zero in ``model``)."""
         groups = self.prunable_groups(model)
+        pruner = self.channel_pruner(model)
         self.selection, self.epoch_log = {}, []
+        pruner.selection = {}
         context.track("selection", self._selection_state, self._set_selection_state)
         print_fn = context.print_fn
         if self.mode == "fixed":
-            # torch.nn.utils.prune masks: the forward uses weight_orig x mask, so the pruned
-            # channels' gradients are masked and they stay exactly zero through every step.
-            self.selection = self.select(model, groups)
-            sets = self._sets(self.selection)
-            zero_channels(model, self.graph, sets)
-            apply_masks(model, channel_masks(model, self.graph, sets))
+            # Masks hold the first selection at zero through every optimizer step.
+            self.selection = dict(pruner.step(self._data(context)))
             try:
                 context.retrain(model, phase="fixed")
             finally:
@@ -327,27 +262,32 @@ class StructuredPruner(Pruner):
             # first epoch, so the optimizer holds state for every filter when it starts.
             context.retrain(model, phase="soft",
                             on_epoch_end=lambda epoch: self.soft_step(model, groups, epoch,
-                                                                      print_fn))
+                                                                      print_fn, context))
             if not self.epoch_log:  # --epochs=0: prune the trained weights once
-                self.soft_step(model, groups, 0, print_fn)
+                self.soft_step(model, groups, 0, print_fn, context)
+        pruner.selection = dict(self.selection)
         return self.selection
 
     def prune(self, model: nn.Module, context: PruneContext) -> nn.Module:
         self.check_model(model)
-        self.original_widths = list(model.widths)
-        dense_flops = layer_stats(model, model.input_shape)
-        selection = self.train_masked(model, context)
-        small = compact_model(model, {name: index.tolist() for name, index in selection.items()},
-                              self.graph)
-        self.widths = list(small.widths)
+        self.original_widths = list(model.widths) if hasattr(model, "widths") else None
+        input_shape = tuple(model.input_shape)
+        dense_flops = layer_stats(model, input_shape)
+        self.train_masked(model, context)
+        pruner = self.channel_pruner(model)
+        pruner.example_inputs = (context.test.first_images(256),)
+        small = pruner.compact()
+        self.compact_difference = pruner.compact_difference
+        self.widths = list(small.widths) if hasattr(small, "widths") else None
+        self.structure = structure(model, small)
         self.flops = {"dense": sum(s.flops for s in dense_flops),
-                      "compact": sum(s.flops for s in layer_stats(small, small.input_shape)),
+                      "compact": sum(s.flops for s in layer_stats(small, input_shape)),
                       "paper_counting": paper_counted_flops(self.graph, dense_flops, self.rate)}
-        self.compact_difference = self._max_difference(model, small, context.test.first_images(256))
-        context.print_fn(f"{self.name}: widths {self.original_widths} -> {self.widths} "
-                         f"({self.mode} mode, {self.describe_criterion()}); compact vs "
-                         f"masked model: max |logit difference| {self.compact_difference:.2e} "
-                         f"on {min(len(context.test), 256)} test images")
+        shape = (f"widths {self.original_widths} -> {self.widths}" if self.widths is not None
+                 else f"{len(self.structure)} modules smaller")
+        context.print_fn(f"{self.name}: {shape} ({self.mode} mode, {self.describe_criterion()}); "
+                         f"compact vs masked model: max |difference| {self.compact_difference:.2e} "
+                         f"of the largest output on {min(len(context.test), 256)} test images")
         if self.finetune_epochs:
             # New, smaller parameters: retrain builds a new optimizer over them.
             context.print_fn(f"{self.name}: fine-tuning the compact model for "
@@ -356,13 +296,6 @@ class StructuredPruner(Pruner):
                                                 phase="finetune")
             self.finetune_acc = context.accuracy(small, self.finetune_log)
         return small
-
-    @staticmethod
-    @torch.no_grad()
-    def _max_difference(masked: nn.Module, small: nn.Module, images: torch.Tensor) -> float:
-        """Evidence, on every run, that removal kept the function the masked model computes."""
-        with eval_mode(masked, small):
-            return float((masked(images) - small(images)).abs().max()) if len(images) else 0.0
 
     def metadata(self) -> dict:
         return {

@@ -9,8 +9,9 @@ import models
 import pruning
 from pruners import create_pruner, pruner_class
 from pruners.base import parse_layer_rates
-from pruners.norms import SmallestNormFilters
-from pruners.structured import StructuredPruner, pruned_count
+from pruners.criteria import SmallestNorm
+from pruners.criteria.fpgm import pruned_count
+from pruners.structured import StructuredPruner
 from tests.conftest import run_script
 from utils.masks import current_masks
 
@@ -20,7 +21,7 @@ from utils.masks import current_masks
 def test_smallest_norm_filters_match_brute_force(p, rate):
     torch.manual_seed(p)
     weight = torch.randn(37, 5, 3, 3)
-    chosen = SmallestNormFilters(rate, p).select(weight).tolist()
+    chosen = SmallestNorm(p).select_rows(weight, pruned_count(37, rate)).tolist()
     norms = [float(weight[i].abs().pow(p).sum() ** (1 / p)) for i in range(37)]
     expected = sorted(sorted(range(37), key=lambda i: norms[i])[:pruned_count(37, rate)])
     assert chosen == expected
@@ -71,7 +72,7 @@ def test_filter_methods_apply_each_layer_rate_exactly(method):
     model = models.create_model("lenet_5_caffe", (1, 28, 28), 10)
     pruner = create_pruner(method, cut_rate=0.4, layer_rates={"conv1": 0.25, "fc1": 0.9})
     groups = pruner.prunable_groups(model)
-    selection = pruner.select(model, groups)
+    selection = pruner.channel_pruner(model).select()
     assert {k: len(v) for k, v in selection.items()} == {"conv1": 5, "conv2": 20, "fc1": 450}
 
 
@@ -91,7 +92,7 @@ def test_songhan_applies_han_s_per_layer_targets_exactly():
 
 
 @pytest.mark.parametrize("method,flags,message", [
-    ("fpgm", ["--layer_rates=conv9=0.5"], "--layer_rates names no layer or group of LeNet5Caffe: conv9"),
+    ("fpgm", ["--layer_rates=conv9=0.5"], "layer_rates names no layer or group of LeNet5Caffe: conv9"),
     ("songhan", ["--layer_rates=conv9=0.5"], "--layer_rates names no layer of LeNet5Caffe: conv9"),
     ("sfp", ["--layer_rates=conv1=1.5"], "the rate of conv1 must be in [0, 1)"),
     ("songhan", ["--layer_rates=fc1=0.9", "--quality=1"], "give either --layer_rates"),

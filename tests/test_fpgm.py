@@ -9,10 +9,9 @@ import torch.nn as nn
 import models
 import pruning
 from models.base import weight_layers
-from models.compact import compact_model
-from pruners import PruneContext, create_pruner
-from pruners.fpgm import DISTANCES, GeometricMedianFilters
-from pruners.structured import pruned_count
+from pruners.compact import compact_model
+from pruners import ChannelPruner, PruneContext, create_pruner
+from pruners.criteria.fpgm import DISTANCES, GeometricMedian, pruned_count
 from tests.conftest import run_script
 from utils import checkpoints
 from utils.data import load_dataset
@@ -26,6 +25,12 @@ def fpgm_args(**overrides):
     for key, value in overrides.items():
         setattr(args, key, value)
     return args
+
+
+def fpgm_select(filters, rate, distance="l2", norm_amount=0.0):
+    """FPGM's choice among ``filters`` at ``rate`` (plus FPGM-mix's norm share)."""
+    criterion = GeometricMedian(distance, norm_amount)
+    return criterion.select_rows(filters, pruned_count(len(filters), rate) + criterion.extra(len(filters)))
 
 
 def as_filters(points):
@@ -45,7 +50,7 @@ def test_filter_at_the_known_centre_is_chosen(distance):
             p[axis] += sign * 1.5
             points.append(p)
     filters = as_filters(points[1:5] + [points[0]] + points[5:])  # centre in the middle: index 4
-    chosen = GeometricMedianFilters(0.12, distance).select(filters)  # floor(9 x 0.12) = 1
+    chosen = fpgm_select(filters, 0.12, distance)  # floor(9 x 0.12) = 1
     assert chosen.tolist() == [4]
 
 
@@ -53,7 +58,7 @@ def test_distances_really_switch():
     # Sums of L1 distances: (4, 0) -> 7+2+4+6 = 19, (3, 1) -> 7+6+6+2 = 21, so L1 picks index 4;
     # L2 picks (3, 1); cosine ignores length and picks (4, -4), whose direction is central.
     filters = as_filters([[-2, -1], [3, 1], [4, -4], [-2, 0], [4, 0]])
-    chosen = {d: GeometricMedianFilters(0.2, d).select(filters).tolist() for d in DISTANCES}
+    chosen = {d: fpgm_select(filters, 0.2, d).tolist() for d in DISTANCES}
     assert chosen == {"l2": [1], "l1": [4], "cos": [2]}
 
 
@@ -62,7 +67,7 @@ def test_distances_really_switch():
 def test_floor_of_n_times_rate(filters, rate, expected):
     assert pruned_count(filters, rate) == expected
     weight = torch.randn(filters, 3, 3, 3)
-    chosen = GeometricMedianFilters(rate).select(weight)
+    chosen = fpgm_select(weight, rate)
     assert len(chosen) == expected and len(set(chosen.tolist())) == expected
 
 
@@ -70,18 +75,10 @@ def test_mix_removes_smallest_norms_then_measures_among_survivors():
     # 1-D filters. Over all seven the median is 4; once the two smallest-norm ones (0.1, -0.2)
     # are gone, the median of {3, 4, 5, 8, 9} is 5.
     filters = as_filters([[5.0], [0.1], [9.0], [3.0], [-0.2], [8.0], [4.0]])
-    plain = GeometricMedianFilters(0.15).select(filters)                    # floor(7 x .15) = 1
-    mix = GeometricMedianFilters(0.15, norm_amount=0.3).select(filters)     # + floor(7 x .3) = 2
+    plain = fpgm_select(filters, 0.15)                    # floor(7 x .15) = 1
+    mix = fpgm_select(filters, 0.15, norm_amount=0.3)     # + floor(7 x .3) = 2
     assert plain.tolist() == [6]
     assert mix.tolist() == [0, 1, 4]
-
-
-def test_compute_mask_zeroes_whole_filters():
-    weight = torch.randn(10, 4, 3, 3)
-    mask = GeometricMedianFilters(0.3).compute_mask(weight, torch.ones_like(weight))
-    per_filter = mask.flatten(1)
-    assert ((per_filter == 0).all(1) | (per_filter == 1).all(1)).all()
-    assert int((per_filter == 0).all(1).sum()) == 3
 
 
 # ---- physical removal ----------------------------------------------------------------------
@@ -217,7 +214,7 @@ def test_soft_mode_filters_regrow_during_training(mnist_dir):
 def test_fixed_mode_keeps_the_first_selection_at_zero(mnist_dir):
     torch.manual_seed(0)
     model = models.create_model("lenet_5_caffe", (1, 28, 28), 10, widths=(6, 8, 16))
-    first = {name: GeometricMedianFilters(0.4).select(getattr(model, name).weight)
+    first = {name: fpgm_select(getattr(model, name).weight, 0.4)
              for name in ("conv1", "conv2", "fc1")}
     before_fc2 = model.fc2.weight.detach().clone()
     pruner = create_pruner("fpgm", fpgm_args(cut_rate=0.4, prune_mode="fixed"))
@@ -240,9 +237,9 @@ def test_fixed_mode_keeps_the_first_selection_at_zero(mnist_dir):
 # ---- bad input -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"norm_rate": 1.2}, "--fpgm_norm_rate must be in"),
-    ({"mode": "hard"}, "--prune_mode must be one of soft, fixed"),
-    ({"finetune_epochs": -1}, "--finetune_epochs must be zero or more"),
+    ({"norm_rate": 1.2}, "norm_rate must be in"),
+    ({"mode": "hard"}, "mode must be one of soft, fixed"),
+    ({"finetune_epochs": -1}, "finetune_epochs must be zero or more"),
     ({"distance": "l3"}, "unknown distance 'l3'"),
 ])
 def test_bad_keywords_raise_before_anything(kwargs, message):
@@ -252,9 +249,9 @@ def test_bad_keywords_raise_before_anything(kwargs, message):
 
 def test_bad_layer_input_raises_before_training():
     model = models.create_model("lenet_5_caffe", (1, 28, 28), 10)
-    with pytest.raises(UserError, match="would remove all 20 filters of conv1"):
+    with pytest.raises(UserError, match="would remove all 20 channels of conv1"):
         create_pruner("fpgm", fpgm_args(cut_rate=0.5, fpgm_norm_rate=0.5)).prunable_groups(model)
-    with pytest.raises(UserError, match="--exclude names no layer of LeNet5Caffe: conv9; its layers are conv1"):
+    with pytest.raises(UserError, match="exclude names no layer or group of LeNet5Caffe: conv9; its groups are conv1"):
         create_pruner("fpgm", fpgm_args(exclude=["conv9"])).prunable_groups(model)
 
 
@@ -294,7 +291,7 @@ def test_pruning_script_end_to_end(caffe_checkpoint):
 @pytest.mark.parametrize("extra,message", [
     (["--cut_rate=1.0"], "--cut_rate: must be a finite number in [0, 1)"),
     (["--cut_rate=0.5", "--fpgm_norm_rate=0.5"], "would remove all"),
-    (["--fpgm_exclude=conv9"], "--exclude names no layer"),
+    (["--fpgm_exclude=conv9"], "exclude names no layer"),
     (["--fpgm_norm_rate=-0.1"], "--fpgm_norm_rate: must be a finite number in [0, 1)"),
     (["--pruning_epochs=3"], "--pruning_epochs do not apply to --pruning_method=fpgm"),
     (["--quality=1.0", "--prune_scope=layer"], "--prune_scope, --quality do not apply"),
@@ -367,12 +364,18 @@ def test_finetune_epochs_train_the_compact_model_and_the_report_counts_parameter
     (64, 0.4, 1, 25),    # 1: the paper's floor(N x rate)
 ])
 def test_channel_multiple_rounds_what_is_kept(filters, rate, multiple, expected):
-    criterion = GeometricMedianFilters(rate, channel_multiple=multiple)
-    assert sum(criterion.counts(filters)) == expected
-    chosen = criterion.select(torch.randn(filters, 4, 3, 3))
-    assert len(chosen) == expected
+    model = models.create_model("lenet_300_100", (1, 1, 4), 3, widths=[filters, 4])
+    pruner = ChannelPruner(model, model.input_shape, rate=rate, channel_multiple=multiple,
+                           layer_rates={"fc2": 0.0})
+    assert pruner.count(pruner.graph.group("fc1")) == expected
+    assert len(pruner.step()["fc1"]) == expected
 
 
 def test_channel_multiple_with_fpgm_mix_takes_from_the_distance_share_first():
-    criterion = GeometricMedianFilters(0.2, norm_amount=0.2, channel_multiple=8)
-    assert criterion.counts(32) == (6, 2)  # floor 6 + floor 6 keeps 20 -> 24: 8 pruned, 6 by norm
+    model = models.create_model("lenet_300_100", (1, 1, 4), 3, widths=[32, 4])
+    criterion = GeometricMedian(norm_rate=0.2)
+    pruner = ChannelPruner(model, model.input_shape, criterion=criterion, rate=0.2,
+                           channel_multiple=8, layer_rates={"fc2": 0.0})
+    group = pruner.graph.group("fc1")
+    assert pruner.count(group) == 8  # floor 6 + floor 6 keeps 20 -> 24: 8 pruned
+    assert criterion.extra(32) == 6  # of which 6 by norm, 2 by distance

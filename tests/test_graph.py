@@ -10,8 +10,8 @@ import torch.nn.functional as F
 
 import models
 from models.base import PrunableNet
-from models.compact import compact_model, graph_of, pruned_sets, zero_channels
-from models.graph import UnsupportedOperation
+from pruners.compact import compact_model, pruned_sets, zero_channels
+from pruners.graph import UnsupportedOperation, build_graph
 from models.registry import _MODELS, register_model
 
 # Small widths keep the 224x224 ImageNet layouts fast on a CPU; every width at least 2 so a
@@ -57,7 +57,7 @@ def test_compact_equals_masked_under_random_selections(name, options, residual, 
     shape = (3, 32, 32) if rng.random() < 0.5 or name.startswith("resnet") else (1, 28, 28)
     model = models.create_model(name, shape, 10, widths=small_widths(name, **options), **options)
     _random_batchnorm(model)
-    graph = graph_of(model)
+    graph = build_graph(model, model.input_shape)
     selection = _selection(graph, residual, rng, mode)
     zero_channels(model, graph, pruned_sets(graph, selection))
     small = compact_model(model, selection, graph)
@@ -80,7 +80,7 @@ def test_compact_equals_masked_under_random_selections(name, options, residual, 
 @pytest.mark.parametrize("shortcut,streams", [("A", [16, 16, 32]), ("B", [16, 32, 64])])
 def test_resnet_groups_blocks_and_streams(shortcut, streams):
     model = models.create_model("resnet20", (3, 32, 32), 10, shortcut=shortcut)
-    graph = graph_of(model)
+    graph = build_graph(model, model.input_shape)
     residual = [g for g in graph.groups if g.residual]
     assert [len(g) for g in residual] == streams
     internal = graph.prunable(residual=False)
@@ -96,7 +96,7 @@ def test_resnet_groups_blocks_and_streams(shortcut, streams):
 
 def test_option_a_stream_pruning_removes_linked_channels_in_every_stage():
     model = models.create_model("resnet20", (3, 32, 32), 10)
-    graph = graph_of(model)
+    graph = build_graph(model, model.input_shape)
     small = compact_model(model, {"conv1": [0, 5, 9]}, graph)  # three stage-1 stream channels
     assert small.widths[:3] == (13, 16, 32)
     assert small.layer2[0].conv2.out_channels == 29 and small.layer3[0].conv2.out_channels == 61
@@ -107,7 +107,7 @@ def test_a_zeroed_channel_is_zero_after_batchnorm():
     torch.manual_seed(0)
     model = models.create_model("resnet20", (3, 32, 32), 10)
     _random_batchnorm(model)
-    graph = graph_of(model)
+    graph = build_graph(model, model.input_shape)
     zero_channels(model, graph, pruned_sets(graph, {"layer1.0.conv1": [3]}))
     block = model.layer1[0]
     assert block.bn1.weight[3] == 0 and block.bn1.bias[3] == 0
@@ -119,18 +119,20 @@ def test_a_zeroed_channel_is_zero_after_batchnorm():
 
 def test_chains_are_graphs_of_one_writer_per_group():
     model = models.create_model("lenet_5_caffe", (1, 28, 28), 10)
-    graph = graph_of(model)
+    graph = build_graph(model, model.input_shape)
     assert [(g.name, len(g), g.residual, g.fixed) for g in graph.groups] == [
         ("conv1", 20, False, False), ("conv2", 50, False, False), ("fc1", 500, False, False),
         ("fc2", 10, False, True)]
     flatten_read = next(u for u in graph.uses if u.key == "fc1.weight" and u.dim == 1)
-    assert flatten_read.block == 16 and len(flatten_read.ids) == 50  # 4 x 4 per conv2 channel
+    # 4 x 4 columns per conv2 channel, each channel's id repeated over its block
+    assert len(flatten_read.ids) == 800 and len(set(flatten_read.sets)) == 50
+    assert all(len(set(flatten_read.sets[16 * c:16 * c + 16])) == 1 for c in range(50))
 
 
 # ---- operations the graph does not know are refused ------------------------------------------
 
 class ChannelShuffleNet(PrunableNet):
-    """A conv, a channel roll (nothing in the table), a classifier."""
+    """A conv, a cumulative sum over channels (nothing in the table), a classifier."""
     default_widths = (6,)
 
     def __init__(self, input_shape, num_classes, widths=None):
@@ -139,14 +141,15 @@ class ChannelShuffleNet(PrunableNet):
         self.fc = nn.Linear(self.widths[0], num_classes)
 
     def forward(self, x):
-        x = torch.roll(self.conv1(x), shifts=1, dims=1)
+        x = torch.cumsum(self.conv1(x), dim=1)
         return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
 
 class GroupedConvNet(ChannelShuffleNet):
     def __init__(self, input_shape, num_classes, widths=None):
         super().__init__(input_shape, num_classes, widths)
-        self.conv2 = nn.Conv2d(self.widths[0], self.widths[0], 3, groups=2)
+        self.conv2 = nn.Conv2d(self.widths[0], 2 * self.widths[0], 3, groups=2)
+        self.fc = nn.Linear(2 * self.widths[0], num_classes)
 
     def forward(self, x):
         return self.fc(F.adaptive_avg_pool2d(self.conv2(self.conv1(x)), 1).flatten(1))
@@ -166,13 +169,13 @@ def registered():
         _MODELS.pop(name)
 
 
-@pytest.mark.parametrize("cls,message", [(ChannelShuffleNet, "function roll at node roll"),
-                                          (GroupedConvNet, "grouped convolution (groups=2) at module conv2")])
+@pytest.mark.parametrize("cls,message", [(ChannelShuffleNet, "function cumsum at node cumsum"),
+                                          (GroupedConvNet, "grouped convolution (groups=2, 3 input and 6 output channels per group) at module conv2")])
 def test_unknown_operations_are_refused_with_their_name(cls, message, registered):
     registered(f"test_{cls.__name__.lower()}", cls)
     model = cls((3, 16, 16), 10)
     with pytest.raises(UnsupportedOperation, match=message.replace("(", r"\(").replace(")", r"\)")):
-        graph_of(model)
+        build_graph(model, model.input_shape)
 
 
 def test_pruning_py_refuses_an_unsupported_model_with_one_line(registered, tmp_path, mnist_dir, capsys):
@@ -189,7 +192,7 @@ def test_pruning_py_refuses_an_unsupported_model_with_one_line(registered, tmp_p
                                         "--no_download", "--no_verify_data", "--epochs=1"])
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "function roll" in err[0] and "refuses the model" in err[0]
+    assert len(err) == 1 and "function cumsum" in err[0] and "refuses the model" in err[0]
     assert sorted(tmp_path.iterdir()) == before
 
 

@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.utils.prune as prune
 
 import models
-from models.compact import compact_model, graph_of, pruned_sets, zero_channels
+from pruners.compact import compact_model, pruned_sets, zero_channels
+from pruners.graph import build_graph
 from models.inference import batchnorm_count, fold_batchnorm, for_deployment
 from tests.test_graph import ARCHITECTURES, _random_batchnorm, _selection, small_widths
 
@@ -19,7 +20,7 @@ def test_folded_model_computes_what_the_model_does(name, options):
     shape = (3, 32, 32) if name.startswith(("resnet", "vgg")) else (1, 28, 28)
     model = models.create_model(name, shape, 10, widths=small_widths(name, **options), **options)
     _random_batchnorm(model)
-    graph = graph_of(model)
+    graph = build_graph(model, model.input_shape)
     selection = _selection(graph, True, random.Random(name), "random")
     zero_channels(model, graph, pruned_sets(graph, selection))
     x = torch.randn(3, *shape)

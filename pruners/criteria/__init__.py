@@ -6,5 +6,5 @@ from pruners.criteria.base import (Criterion, GroupView, create_criterion,  # no
                                    criterion_names, register_criterion)
 from pruners.criteria import fpgm, norms, taylor  # noqa: E402,F401  (fill the registry)
 from pruners.criteria.fpgm import DISTANCES, GeometricMedian  # noqa: E402,F401
-from pruners.criteria.norms import SmallestNorm  # noqa: E402,F401
+from pruners.criteria.norms import L1Norm, L2Norm, SmallestNorm, SoftFilterNorm  # noqa: E402,F401
 from pruners.criteria.taylor import Taylor  # noqa: E402,F401

@@ -89,5 +89,10 @@ class Criterion:
         scores = self.scores(view).double()
         return torch.argsort(scores.cpu(), stable=True)[:count].sort().values
 
+    def select_rows(self, rows: torch.Tensor, count: int) -> torch.Tensor:
+        """``select`` on a plain (N, ...) matrix of filters, one channel each (no data)."""
+        view = GroupView("rows", [[i] for i in range(len(rows))], lambda: rows)
+        return self.select(view, count)
+
     def describe(self) -> str:
         return self.name

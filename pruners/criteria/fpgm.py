@@ -79,11 +79,7 @@ class GeometricMedian(Criterion):
 
     @torch.no_grad()
     def select(self, view: GroupView, count: int) -> torch.Tensor:
-        return self.select_rows(view.rows, count)
-
-    def select_rows(self, rows: torch.Tensor, count: int) -> torch.Tensor:
-        """Sorted indices of the ``count`` rows (flattened filters) to remove."""
-        vectors = rows.detach().flatten(1).double()  # double: sums of many distances tie less
+        vectors = view.rows.detach().flatten(1).double()  # double: sums of many distances tie less
         by_norm = min(self.extra(len(vectors)), count)
         order = torch.argsort(vectors.norm(dim=1), stable=True)
         smallest_norm, survivors = order[:by_norm], order[by_norm:]

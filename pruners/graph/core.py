@@ -77,6 +77,17 @@ class Normalization:
 
 
 @dataclass
+class SizeUse:
+    """Integer attribute ``attribute`` of module ``module`` counts the channels ``ids`` (a
+    parameter-free layer's width, such as a zero-padding shortcut's appended channels):
+    compaction sets it to the number kept."""
+    module: str
+    attribute: str
+    ids: List[int]
+    sets: List[int] = field(default_factory=list)
+
+
+@dataclass
 class Group:
     """Channel sets written by the same layers. ``sets`` are union-find roots in the order of the
     first writer's output channels; ``units``: positions within ``sets`` that leave together (one
@@ -134,6 +145,7 @@ class DependencyGraph:
     groups: List[Group]
     set_of: Dict[Tuple[str, int], int]          # (layer, output channel) -> set
     normalizations: List[Normalization] = field(default_factory=list)
+    sizes: List[SizeUse] = field(default_factory=list)
     example_inputs: Tuple[torch.Tensor, ...] = ()
     group_of: Dict[int, Group] = field(default_factory=dict)
 

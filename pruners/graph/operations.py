@@ -21,8 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.layers import ZeroPadShortcut
-from pruners.graph.core import (Attr, DependencyGraph, Group, Label, Normalization, TensorUse,
-                                UnionFind, ids_along, module_order, refusal, unique_pairs)
+from pruners.graph.core import (Attr, DependencyGraph, Group, Label, Normalization, SizeUse,
+                                TensorUse, UnionFind, ids_along, module_order, refusal, unique_pairs)
 
 try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt, Swin): drops whole samples
     from torchvision.ops import stochastic_depth as _stochastic_depth
@@ -113,6 +113,7 @@ class Walk(torch.fx.Interpreter):
 
     def __init__(self, graph_module: torch.fx.GraphModule, model: nn.Module):
         super().__init__(graph_module)
+        self.extra_traceback = False  # a refusal stays the one line it is
         self.model = model
         self.modules = dict(model.named_modules())
         self.uf = UnionFind()
@@ -124,6 +125,7 @@ class Walk(torch.fx.Interpreter):
         self.units: List[torch.Tensor] = []       # ids that must leave together
         self.normalizations: List[Normalization] = []
         self.recorded: Dict[Tuple[str, int], torch.Tensor] = {}
+        self.sizes: List[SizeUse] = []
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -298,10 +300,10 @@ class Walk(torch.fx.Interpreter):
         _fix_groups_sharing_units(groups, unit_of)
         for use in self.uses:
             use.sets = self.uf.roots(torch.tensor(use.ids, dtype=torch.long)).tolist() if use.ids else []
-        for norm in self.normalizations:
-            norm.sets = self.uf.roots(torch.tensor(norm.ids, dtype=torch.long)).tolist()
+        for record in self.normalizations + self.sizes:
+            record.sets = self.uf.roots(torch.tensor(record.ids, dtype=torch.long)).tolist()
         return DependencyGraph(getattr(self.model, "registry_name", type(self.model).__name__),
-                               self.uses, groups, set_of, self.normalizations)
+                               self.uses, groups, set_of, self.normalizations, self.sizes)
 
     def _units(self) -> Dict[int, int]:
         """Set -> the smallest set it must leave with (itself when nothing couples it)."""
@@ -718,6 +720,10 @@ def _positions_constraints(call: Call) -> None:
     elif name in ("split", "narrow", "select", "unbind"):
         dim = call.arg(2 if name == "split" else 1, "dim", 0) if name != "unbind" else call.arg(1, "dim", 0)
         fixed_dims.append(dim % x.dim())
+    elif name == "roll":  # a constant shift lands kept channels elsewhere once others are gone
+        dims = call.arg(2, "dims")
+        dims = [dims] if isinstance(dims, int) else list(dims or range(x.dim()))
+        fixed_dims.extend(d % x.dim() for d in dims)
     elif name == "getitem":
         fixed_dims.extend(_indexed_dims(call.args[1], x.dim()))
     for dim in fixed_dims:
@@ -834,6 +840,7 @@ def _zero_pad_shortcut(call: Call):
     walk, label = call.walk, call.tensor_labels()[0]
     ids = walk.read(label, 1, call.args[0].shape[1])
     extra = walk.uf.new(call.module.extra_channels)
+    walk.sizes.append(SizeUse(call.name, "extra_channels", extra.tolist()))
     return walk.along(torch.cat([ids, extra]), call.value, 1)
 
 
