@@ -14,13 +14,7 @@ import torch
 import torch.nn as nn
 
 from utils.errors import UserError
-
-PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
-
-
-def weight_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """Conv and linear layers in registration order (forward order for every model here)."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+from utils.layers import PRUNABLE_TYPES, weight_layers  # noqa: F401 (models' and pruners' import)
 
 
 def flat_size(features, input_shape) -> int:

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as prune
 
 from models.base import weight_layers
-from pruners import register_pruner
+from pruners.registry import register_pruner
 from pruners.base import DEFAULT_CUT_RATE, PruneContext, Pruner, check_rate
 from utils import cli
 from utils.errors import UserError

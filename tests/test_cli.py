@@ -65,7 +65,7 @@ def no_training(monkeypatch):
     def refuse(*_, **__):
         raise AssertionError("training started before the flags were checked")
     monkeypatch.setattr(baseline, "fit", refuse)
-    monkeypatch.setattr(baseline.cli, "load_data", refuse)
+    monkeypatch.setattr(baseline.script_setup, "load_data", refuse)
 
 
 def test_a_checkpoint_dir_that_is_a_file_is_refused_before_training(mnist_dir, tmp_path, capsys,

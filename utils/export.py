@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from utils import cli
 from utils.errors import UserError
 from utils.files import atomic_write, unused_path
 from utils.masks import detached_copy, make_permanent
@@ -189,7 +190,6 @@ def export_model(model: nn.Module, stem, formats, images: torch.Tensor, print_fn
 # ---------------------------------------------------------------- python -m utils.export
 
 def get_args_parser():
-    from utils import cli
     parser = cli.new_parser(__doc__)
     parser.add_argument("--load_folder_model", required=True,
                         help="a checkpoint (name in --checkpoint_dir, or a path) or a compressed "
@@ -220,7 +220,7 @@ def load_any(name_or_path: str, checkpoint_dir) -> dict:
 
 
 def main(argv=None) -> dict:
-    from utils import checkpoints, cli
+    from utils import checkpoints, data
     from utils.checkpoints.compressed import SUFFIX
     args = get_args_parser().parse_args(argv)
     cli.apply_threads(args.threads)
@@ -228,7 +228,13 @@ def main(argv=None) -> dict:
     model = checkpoints.build_model(loaded, masks=False)
     images = torch.empty(0)
     if "onnx" in args.format:
-        _, test, _ = cli.load_data(args, loaded["dataset"], "cpu", loaded["config"]["input_shape"])
+        # A folder dataset's images are sized for the model the checkpoint holds.
+        size = int(loaded["config"]["input_shape"][-1])
+        _, test, _ = data.load_dataset(loaded["dataset"], args.data_dir, "cpu",
+                                       download=not args.no_download,
+                                       verify=not args.no_verify_data, loader="auto",
+                                       workers=0, image_size=size if loaded["dataset"] in
+                                       data.FOLDER_DATASETS else None)
         images = test.first_images(COMPARE_IMAGES)
     source = Path(loaded["path"])
     stem = source.with_name(source.name.removesuffix(".pt").removesuffix(SUFFIX))
@@ -236,5 +242,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from utils.cli import run
-    run(main)
+    cli.run(main)
