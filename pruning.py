@@ -18,8 +18,9 @@ with quiet_interrupt():
 
     import pruners
     from models.inference import differs_for_deployment, for_deployment
-    from pruners.quantization import add_compression_args, compress_and_export
-    from pruners.base import DEFAULT_CUT_RATE, foreign_flags, parse_layer_rates
+    from pruners.quantization import (CompressionSettings, add_compression_args,
+                                      compress_and_export)
+    from pruners.base import DEFAULT_CUT_RATE, parse_layer_rates
     import script_setup
     from utils import checkpoints, cli, distributed
     from utils.data import held_out
@@ -56,13 +57,12 @@ def get_args_parser():
                              "that layer's weights; filter methods, of that layer's (or channel "
                              "group's) filters. NAME=RATE pairs, or a .json (or .yaml) file of "
                              "them, as sensitivity.py writes")
-    parser.method_groups = {}  # title -> (argument group, methods that read it)
+    parser.method_groups = {}  # title -> (its flags' defaults, methods that read it)
     for pruner_class in pruners.pruner_classes():
         for title, add_flags in pruner_class.argument_groups():
             if title not in parser.method_groups:
-                group = parser.add_argument_group(title)
-                add_flags(group)
-                parser.method_groups[title] = (group, set())
+                add_flags(parser.add_argument_group(title))
+                parser.method_groups[title] = (script_setup.flag_defaults(add_flags), set())
             parser.method_groups[title][1].add(pruner_class.name)
     add_compression_args(parser)  # --quantize*, --export: pruners/quantization.py
     script_setup.add_run_args(parser)
@@ -78,7 +78,7 @@ def parse_args(argv=None):
     if not args.load_folder_model:
         raise UserError("--load_folder_model is required: name the trained checkpoint to prune "
                         "(see checkpoints/)")
-    foreign = foreign_flags(args, args.pruning_method, parser.method_groups)
+    foreign = script_setup.foreign_flags(args, args.pruning_method, parser.method_groups)
     if foreign:
         raise UserError(f"{', '.join(foreign)} do not apply to --pruning_method="
                         f"{args.pruning_method}; leave them out or choose the method they belong to")
@@ -223,8 +223,8 @@ def main(argv=None):
     distributed.check_same_weights(model)
     # Weight sharing, the compressed file and --export (pruners/quantization.py), on a copy;
     # under torchrun rank 0 does them alone.
-    metrics.update(distributed.on_main(lambda: compress_and_export(args, model, checkpoint,
-                                                                   saved, context)))
+    metrics.update(distributed.on_main(lambda: compress_and_export(
+        model, checkpoint, saved, context, CompressionSettings.from_args(args), args.export or ())))
     metrics_file = run.finish(saved)
     if metrics_file:
         print(f"per-epoch figures: {metrics_file}")

@@ -5,9 +5,11 @@ flags ask, and starting the device.
 The composition root: it sits beside the scripts (baseline.py, pruning.py, calFLOP.py,
 sensitivity.py, benchmarks/) and nothing in models/, pruners/ or utils/ imports it. The flag
 types and the one-line-error parser it builds on are utils/cli.py, a leaf any module may use."""
+import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Callable, Dict, List
 
 import torch
 
@@ -253,3 +255,24 @@ def start_runtime(args) -> torch.device:
     return device
 
 
+
+
+def flag_defaults(add_flags: Callable) -> Dict[str, object]:
+    """dest -> default of the flags ``add_flags(parser_or_group)`` adds, learnt on a parser of
+    their own (argparse's public API: what a group holds is private to it)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_flags(probe)
+    return vars(probe.parse_args([]))
+
+
+def foreign_flags(args, method: str, groups: dict) -> List[str]:
+    """Flags of groups ``method`` does not read (``groups``: title -> (flag_defaults of the
+    group, methods that read it)) that ``args`` sets to something other than their default:
+    given to ``method``, they would be silently ignored. Spelt --dest, as every flag here is."""
+    given = []
+    for defaults, methods in groups.values():
+        if method in methods:
+            continue
+        given += [f"--{dest}" for dest, default in defaults.items()
+                  if getattr(args, dest, None) != default]
+    return given
