@@ -40,6 +40,16 @@ class Registry(Generic[T]):
                             f"{', '.join(self.names())}")
         return self._entries[name]
 
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (a test that registered an entry for itself)."""
+        del self._entries[name]
+
+    def with_entry(self, name: str, entry: T) -> "Registry[T]":
+        """A copy in which ``name`` is ``entry`` (a test's variant of one entry)."""
+        copy = Registry(self.kind)
+        copy._entries = {**self._entries, name: entry}
+        return copy
+
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
@@ -48,7 +58,3 @@ class Registry(Generic[T]):
 
     def items(self):
         return [(name, self._entries[name]) for name in self.names()]
-
-    def remove(self, name: str) -> None:
-        """Forget ``name`` (tests that register an entry for themselves)."""
-        del self._entries[name]
