@@ -176,7 +176,7 @@ def parse_resumable(parser, argv, script: str):
 def open_run(script: str, args, argv, stem: str, resumed=None) -> "training.TrainingRun":
     """The TrainingRun of a script that trains: its metrics file next to the checkpoints (and
     TensorBoard when asked), its resumable state when --save_every or --resume asks."""
-    from utils.training.runlog import RunLog
+    from utils.training.runlog import METRICS_SUFFIX, RunLog
     if resumed is not None:
         stem = resumed["stem"]
     else:  # rank 0's clock names the run on every rank
@@ -187,7 +187,7 @@ def open_run(script: str, args, argv, stem: str, resumed=None) -> "training.Trai
     log = None
     if distributed.is_main():
         folder.mkdir(parents=True, exist_ok=True)
-        log = RunLog(folder / f"{stem}.metrics.jsonl", args.tensorboard,
+        log = RunLog(folder / f"{stem}{METRICS_SUFFIX}", args.tensorboard,
                      keep_rows=resumed["log_rows"] if resumed is not None else None)
     return training.TrainingRun(script, list(argv), state_path, args.save_every, resumed, log,
                                 stem=stem)

@@ -40,7 +40,7 @@ from utils.checkpoints import build_model
 from utils.checkpoints.compressed import (MAX_SHARED_BITS, SUFFIX, compressed_bytes,
                                           load_compressed, save_compressed)
 from utils.errors import UserError
-from utils.masks import detached_copy, plain_state_dict
+from utils.masks import detached_copy, mask_of, plain_state_dict
 from utils.reporting.console import print_rows
 from utils.training import evaluate
 
@@ -142,9 +142,10 @@ class WeightSharing:
         Returns {weight key: bits}."""
         shared = {}
         for key, module, bits in self.targets(model):
-            masked = prune.is_pruned(module) and hasattr(module, "weight_mask")
+            mask = mask_of(module, "weight")
+            masked = mask is not None
             if masked:
-                keep = module.weight_mask.bool().clone()
+                keep = mask.bool().clone()
                 prune.remove(module, "weight")
                 module.weight.masked_fill_(~keep, 0.0)
             else:

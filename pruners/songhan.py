@@ -26,6 +26,7 @@ from pruners.registry import register_pruner
 from pruners.base import DEFAULT_CUT_RATE, PruneContext, Pruner, check_rate
 from utils import cli
 from utils.errors import UserError
+from utils.masks import mask_of, trained_tensor
 from pruners.sparse_linear import SPARSE_INFERENCE_MODES, sparsify_linear_layers
 
 SCOPES = ("global", "layer")
@@ -289,9 +290,7 @@ class SongHanPruner(Pruner):
     @staticmethod
     def _current(module: nn.Module, tensor: str) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The trainable tensor and its mask (None before the first pruning)."""
-        if prune.is_pruned(module) and hasattr(module, tensor + "_mask"):
-            return getattr(module, tensor + "_orig"), getattr(module, tensor + "_mask")
-        return getattr(module, tensor), None
+        return trained_tensor(module, tensor), mask_of(module, tensor)
 
     # -- one pruning step
 
