@@ -103,7 +103,7 @@ def _distributed(model: nn.Module, settings: TrainingSettings) -> nn.Module:
     device = next(model.parameters()).device
     if settings.sync_bn:
         if device.type != "cuda":
-            raise UserError("--sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU "
+            raise UserError("sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU "
                             "kernel; leave it out on the CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
