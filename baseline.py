@@ -15,6 +15,7 @@ with quiet_interrupt():
     from pathlib import Path
 
     import models
+    import script_setup
     from utils import checkpoints, cli, distributed
     from utils.data import held_out
     from utils.errors import UserError
@@ -28,15 +29,15 @@ with quiet_interrupt():
 
 def get_args_parser():
     parser = cli.new_parser(__doc__)
-    cli.add_model_args(parser)
-    cli.add_training_args(parser, epochs=30, learning_rate=0.001)
+    script_setup.add_model_args(parser)
+    script_setup.add_training_args(parser, epochs=30, learning_rate=0.001)
     parser.add_argument("--do_training", type=cli.str2bool, default=True,
                         help="False: only evaluate and time --load_folder_model")
-    cli.add_validation_arg(parser)
-    cli.add_run_args(parser)
+    script_setup.add_validation_arg(parser)
+    script_setup.add_run_args(parser)
     parser.add_argument("--pretrained", action="store_true",
                         help="alexnet_imagenet only: start from torchvision's ImageNet weights")
-    cli.add_runtime_args(parser)
+    script_setup.add_runtime_args(parser)
     return parser
 
 
@@ -58,18 +59,18 @@ def check_flags(args) -> bool:
 
 
 def main(argv=None):
-    args, run_flags, resumed = cli.parse_resumable(get_args_parser(), argv, "baseline")
+    args, run_flags, resumed = script_setup.parse_resumable(get_args_parser(), argv, "baseline")
     trains = check_flags(args)
-    device = cli.start_runtime(args)
+    device = script_setup.start_runtime(args)
 
     loaded = None
     if args.load_folder_model:
         loaded = checkpoints.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
                                              expect_model=args.model, expect_dataset=args.dataset)
-    cli.check_dirs(args, args.dataset, write_checkpoints=trains)
+    script_setup.check_dirs(args, args.dataset, write_checkpoints=trains)
     settings = TrainingSettings.from_args(args)
     generator = seed_everything(args.seed)
-    train, test, spec = cli.load_data(args, args.dataset, device,
+    train, test, spec = script_setup.load_data(args, args.dataset, device,
                                       loaded["config"]["input_shape"] if loaded else None)
     if loaded is not None:
         model = checkpoints.build_model(loaded, device)  # a pruned model keeps its masks
@@ -85,7 +86,7 @@ def main(argv=None):
 
     train_seconds, history, run = 0.0, [], None
     if trains:
-        run = cli.open_run("baseline", args, run_flags, f"{args.model}_{args.dataset}", resumed)
+        run = script_setup.open_run("baseline", args, run_flags, f"{args.model}_{args.dataset}", resumed)
         history = fit(model, train, val or test, settings, augment=spec.augment,
                       generator=generator, monitor_name="val" if val else "test", run=run)
         train_seconds = run.elapsed()

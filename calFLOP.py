@@ -13,6 +13,7 @@ with quiet_interrupt():
     import sys
 
     import models
+    import script_setup
     from utils import checkpoints, cli
     from utils.errors import UserError
     from utils.reporting.counting import DEFAULT_ACTIVATION_IMAGES, is_sparse
@@ -21,7 +22,7 @@ with quiet_interrupt():
 
 def get_args_parser():
     parser = cli.new_parser(__doc__)
-    cli.add_model_args(parser, from_checkpoint=True)
+    script_setup.add_model_args(parser, from_checkpoint=True)
     parser.add_argument("--widths", type=cli.positive_int, nargs="+", default=None,
                         help="without a checkpoint: build --model at these widths (as a compact "
                              "model would have) instead of its default ones")
@@ -48,13 +49,13 @@ def build_table(args) -> dict:
                         "--load_folder_model to count a checkpoint")
     else:
         dataset = args.dataset or "mnist"
-        spec = cli.dataset_spec(args, dataset)
+        spec = script_setup.dataset_spec(args, dataset)
         model = models.create_model(args.model, spec.input_shape, spec.num_classes, args.widths)
 
     images = None
     # Act% needs the dataset: read it only for a pruned checkpoint, the one case that uses it.
     if loaded is not None and args.act_images > 0 and is_sparse(model):
-        _, test, _ = cli.load_data(args, dataset, "cpu", loaded["config"]["input_shape"])
+        _, test, _ = script_setup.load_data(args, dataset, "cpu", loaded["config"]["input_shape"])
         images = test.first_images(args.act_images)
 
     recorded = ((loaded or {}).get("pruning") or {}).get("original_widths")

@@ -18,8 +18,10 @@ with quiet_interrupt():
 
     import pruners
     from models.inference import differs_for_deployment, for_deployment
-    from pruners.quantization import add_compression_args, compress_and_export
-    from pruners.base import DEFAULT_CUT_RATE, foreign_flags, parse_layer_rates
+    from pruners.quantization import (CompressionSettings, add_compression_args,
+                                      compress_and_export)
+    from pruners.base import DEFAULT_CUT_RATE, parse_layer_rates
+    import script_setup
     from utils import checkpoints, cli, distributed
     from utils.data import held_out
     from utils.errors import UserError
@@ -36,7 +38,7 @@ RETRAIN_RATE_FACTOR = 0.1
 
 def get_args_parser():
     parser = cli.new_parser(__doc__)
-    cli.add_model_args(parser, from_checkpoint=True)
+    script_setup.add_model_args(parser, from_checkpoint=True)
     parser.add_argument("--pruning_method", choices=pruners.pruner_names(), default="songhan",
                         help="songhan: Han et al. 2015 magnitude pruning of weights; filter "
                              "pruning, physically removed: fpgm (geometric median, He et al. "
@@ -45,7 +47,7 @@ def get_args_parser():
     parser.add_argument("--cut_rate", type=cli.fraction, default=DEFAULT_CUT_RATE,
                         help="songhan: fraction of the prunable weights removed in all; filter "
                              "methods: fraction of filters removed in each channel group. In [0, 1)")
-    cli.add_training_args(parser, epochs=10, learning_rate=None,
+    script_setup.add_training_args(parser, epochs=10, learning_rate=None,
                           learning_rate_help="retraining learning rate (default: a tenth of the "
                                              "learning rate of the baseline at the root of the "
                                              "checkpoint's chain, as Han et al. do for LeNet)")
@@ -55,17 +57,16 @@ def get_args_parser():
                              "that layer's weights; filter methods, of that layer's (or channel "
                              "group's) filters. NAME=RATE pairs, or a .json (or .yaml) file of "
                              "them, as sensitivity.py writes")
-    parser.method_groups = {}  # title -> (argument group, methods that read it)
+    parser.method_groups = {}  # title -> (its flags' defaults, methods that read it)
     for pruner_class in pruners.pruner_classes():
         for title, add_flags in pruner_class.argument_groups():
             if title not in parser.method_groups:
-                group = parser.add_argument_group(title)
-                add_flags(group)
-                parser.method_groups[title] = (group, set())
+                add_flags(parser.add_argument_group(title))
+                parser.method_groups[title] = (script_setup.flag_defaults(add_flags), set())
             parser.method_groups[title][1].add(pruner_class.name)
     add_compression_args(parser)  # --quantize*, --export: pruners/quantization.py
-    cli.add_run_args(parser)
-    cli.add_runtime_args(parser)
+    script_setup.add_run_args(parser)
+    script_setup.add_runtime_args(parser)
     return parser
 
 
@@ -73,11 +74,11 @@ def parse_args(argv=None):
     """Flags, checked together: another method's flags given to this one are an error, not
     silently ignored."""
     parser = get_args_parser()
-    args, run_flags, resumed = cli.parse_resumable(parser, argv, "pruning")
+    args, run_flags, resumed = script_setup.parse_resumable(parser, argv, "pruning")
     if not args.load_folder_model:
         raise UserError("--load_folder_model is required: name the trained checkpoint to prune "
                         "(see checkpoints/)")
-    foreign = foreign_flags(args, args.pruning_method, parser.method_groups)
+    foreign = script_setup.foreign_flags(args, args.pruning_method, parser.method_groups)
     if foreign:
         raise UserError(f"{', '.join(foreign)} do not apply to --pruning_method="
                         f"{args.pruning_method}; leave them out or choose the method they belong to")
@@ -179,12 +180,12 @@ def print_report(before: dict, after: dict, train_seconds: float, sizes: dict, s
 def main(argv=None):
     args, run_flags, resumed = parse_args(argv)
     pruner = pruners.create_pruner(args.pruning_method, args)  # checks the method's own flags
-    device = cli.start_runtime(args)
+    device = script_setup.start_runtime(args)
 
     parent = checkpoints.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
                                          expect_model=args.model, expect_dataset=args.dataset)
     dataset, model_name = parent["dataset"], parent["config"]["model"]
-    cli.check_dirs(args, dataset)
+    script_setup.check_dirs(args, dataset)
     root_rate = checkpoints.root_learning_rate(parent)
     if args.learning_rate is None:
         args.learning_rate = (root_rate or 0.001) * RETRAIN_RATE_FACTOR
@@ -193,7 +194,7 @@ def main(argv=None):
     pruner.check_model(model)  # rates, layer names, masks: refused before any training
     generator = seed_everything(args.seed)
     input_shape = tuple(parent["config"]["input_shape"])
-    train, test, spec = cli.load_data(args, dataset, device, input_shape)
+    train, test, spec = script_setup.load_data(args, dataset, device, input_shape)
     # The parent's validation images stay out of retraining too.
     train, val = held_out(train, parent.get("validation"))
     print(f"pruning {parent['path']} with {args.pruning_method} "
@@ -201,7 +202,7 @@ def main(argv=None):
 
     before = measure(model, test, input_shape)
     original = make_permanent(detached_copy(model))  # pruning works in place; kept to time against
-    run = cli.open_run("pruning", args, run_flags,
+    run = script_setup.open_run("pruning", args, run_flags,
                        f"{model_name}_{dataset}_{args.pruning_method}", resumed)
     context = pruners.PruneContext(train=train, test=test, settings=settings,
                                    augment=spec.augment, generator=generator, val=val, run=run)
@@ -222,8 +223,8 @@ def main(argv=None):
     distributed.check_same_weights(model)
     # Weight sharing, the compressed file and --export (pruners/quantization.py), on a copy;
     # under torchrun rank 0 does them alone.
-    metrics.update(distributed.on_main(lambda: compress_and_export(args, model, checkpoint,
-                                                                   saved, context)))
+    metrics.update(distributed.on_main(lambda: compress_and_export(
+        model, checkpoint, saved, context, CompressionSettings.from_args(args), args.export or ())))
     metrics_file = run.finish(saved)
     if metrics_file:
         print(f"per-epoch figures: {metrics_file}")

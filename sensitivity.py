@@ -20,6 +20,7 @@ with quiet_interrupt():
 
     import pruners
     from pruners.sensitivity import MAGNITUDE, Sensitivity, default_rates, format_rates, plot, propose
+    import script_setup
     from utils import checkpoints, cli
     from utils.data import held_out, split_validation
     from utils.errors import UserError
@@ -48,7 +49,7 @@ def rate_grid(text: str):
 
 def get_args_parser():
     parser = cli.new_parser(__doc__)
-    cli.add_model_args(parser, from_checkpoint=True)
+    script_setup.add_model_args(parser, from_checkpoint=True)
     parser.add_argument("--method", choices=[MAGNITUDE] + FILTER_METHODS, default=MAGNITUDE,
                         help="magnitude: Han et al.'s element-wise pruning of each conv/linear "
                              "weight; a filter method: each prunable channel group, filters "
@@ -115,7 +116,7 @@ def main(argv=None):
     if args.max_drop is not None and args.target_compression is not None:
         raise UserError("give --max_drop or --target_compression, not both")
     cli.apply_threads(args.threads)
-    device = cli.resolve_device(args.device)
+    device = script_setup.resolve_device(args.device)
     loaded = checkpoints.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
                                          expect_model=args.model, expect_dataset=args.dataset)
     model = checkpoints.build_model(loaded, device, masks=False)
@@ -125,7 +126,7 @@ def main(argv=None):
     pruner = (None if args.method == MAGNITUDE
               else pruners.create_pruner(args.method, prune_residual=args.prune_residual))
     analysis = Sensitivity(model, args.method, pruner)  # refuses unknown operations before data
-    train, _, _ = cli.load_data(args, loaded["dataset"], device, loaded["config"]["input_shape"])
+    train, _, _ = script_setup.load_data(args, loaded["dataset"], device, loaded["config"]["input_shape"])
     val, source = validation_split(args, loaded, train)
     print(f"{model_name} from {loaded['path']}: {len(analysis.units)} "
           f"{'layers' if args.method == MAGNITUDE else 'channel groups'} x {len(args.rates)} rates "

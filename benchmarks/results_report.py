@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import pruners
 from benchmarks.experiments import EXPERIMENTS, INFERENCE_BATCH, Experiment
 from benchmarks.records import latest, load_records, relative
 from utils.errors import UserError
@@ -32,6 +33,11 @@ def _epochs(count: int) -> str:
     return f"{count} epoch" + ("" if count == 1 else "s")
 
 
+def removes_filters(method: str) -> bool:
+    """Whether the registered method ``method`` removes whole filters (a structured pruner)."""
+    return method in pruners.pruner_names() and pruners.pruner_class(method).structured
+
+
 def method_label(record: dict) -> str:
     """What was done, from the flags the checkpoint recorded."""
     flags = record["flags"]
@@ -43,7 +49,7 @@ def method_label(record: dict) -> str:
     if record["method"] == "fpgm" and flags.get("fpgm_norm_rate"):
         return (f"fpgm-mix, {flags['cut_rate']:.0%} by median + {flags['fpgm_norm_rate']:.0%} "
                 f"by norm of filters, {schedule}")
-    if record["method"] in ("fpgm", "l1norm", "sfp"):
+    if removes_filters(record["method"]):
         return f"{record['method']}, {flags['cut_rate']:.0%} of filters, {schedule}"
     rates = f"cut {flags['cut_rate']}"
     if flags.get("layer_rates"):

@@ -1,7 +1,7 @@
 """What Han et al. magnitude pruning buys on disk and in time, measured on this machine.
 
 1. Checkpoint size: a 12x-pruned LeNet-300-100 (8% of its weights kept) saved dense and saved
-   the way pruning.py saves it (bitmask + nonzero values, utils/sparse.py).
+   the way pruning.py saves it (bitmask + nonzero values, utils/checkpoints/sparse_format.py).
 2. Sparse inference: pruned linear layers through CSR kernels (utils/sparse_linear.py) against
    dense F.linear, per layer shape and for the whole LeNet-300-100, over densities and batch
    sizes. Timings are medians of repeated forward passes after warm-up, in eval mode under

@@ -32,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
+import script_setup  # noqa: E402
 from utils import cli  # noqa: E402
 from utils.data import dataset_names, get_spec  # noqa: E402
 from utils.errors import UserError  # noqa: E402
@@ -156,7 +157,7 @@ TRAIN_IMAGES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000}
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     cli.apply_threads(args.threads)
-    device = cli.resolve_device(args.device)
+    device = script_setup.resolve_device(args.device)
     if args.cold_compile:
         from torch._inductor import config as inductor_config
         inductor_config.force_disable_caches = True

@@ -3,8 +3,15 @@ options). ``widths`` are the sizes of the model's channel groups (in a plain cha
 every conv/linear layer but the classifier; with shortcuts, block-internal channels and residual
 streams: see models/base.py); a structurally pruned model is the same class with smaller widths.
 """
-from models.registry import create_model, model_class, model_names, register_model  # noqa: F401
+import importlib
+import pkgutil
 
-# Importing the families fills the registry.
-from models import alexnet, lenet, resnet_cifar, resnet_imagenet, vgg  # noqa: E402,F401
-from models.base import PrunableNet, weight_layers  # noqa: E402,F401
+from models.registry import create_model, model_class, model_names, register_model  # noqa: F401
+from models.base import PrunableNet, weight_layers  # noqa: F401
+
+# Every module of this folder is imported, so a new file's @register_model takes effect without
+# an import list to forget (models/ holds only model code; importing a module has no other
+# effect than defining it).
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+del _module

@@ -2,7 +2,7 @@
 channels, a minimum or fixed size) inside the model, so any model trains on any dataset.
 
 They sit before the first prunable layer and have no parameters. The dependency graph
-(models/graph.py) treats them as leaf operations on the input, whose channels are never pruned;
+(pruners/graph) treats them as leaf operations on the input, whose channels are never pruned;
 keeping the shape logic inside a module also keeps the models' forward() free of Python
 branches on tensor shapes, which torch.fx cannot trace."""
 import torch

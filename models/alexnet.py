@@ -2,7 +2,7 @@
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models import register_model
+from models.registry import register_model
 from models.adapters import ImageAdapter
 from models.base import PrunableNet, flat_size
 from utils.errors import UserError

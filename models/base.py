@@ -6,7 +6,7 @@ one set of layers writes them and others read them. In a plain chain that is eac
 outputs (layer i feeds layer i+1); in a residual network, a block's internal channels, or a
 residual stream that every block of a stage adds into. ``width_groups`` says, per width, one
 (layer, output channel) inside the group it counts, so that a structurally pruned model's widths
-follow from which channels it keeps (models/compact.py), whatever the architecture.
+follow from which channels it keeps (pruners/compact.py), whatever the architecture.
 """
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -14,13 +14,7 @@ import torch
 import torch.nn as nn
 
 from utils.errors import UserError
-
-PRUNABLE_TYPES = (nn.Conv2d, nn.Linear)
-
-
-def weight_layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """Conv and linear layers in registration order (forward order for every model here)."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+from utils.layers import PRUNABLE_TYPES, weight_layers  # noqa: F401 (models' and pruners' import)
 
 
 def flat_size(features, input_shape) -> int:

@@ -1,35 +1,17 @@
 """The model registry: ``--model`` names map to builders, the way timm's create_model does."""
 import inspect
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import torch.nn as nn
 
 from utils.errors import UserError
+from utils.registry import Registry
 
-_MODELS: Dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_model(name: str):
-    """Class decorator: make ``name`` available to :func:`create_model` and ``--model``."""
-
-    def wrap(builder):
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} registered twice")
-        _MODELS[name] = builder
-        builder.registry_name = name
-        return builder
-
-    return wrap
-
-
-def model_names():
-    return sorted(_MODELS)
-
-
-def model_class(name: str):
-    if name not in _MODELS:
-        raise UserError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
-    return _MODELS[name]
+# A builder learns its name as ``registry_name`` (what a checkpoint's config records).
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", attribute="registry_name")
+register_model = MODELS.register
+model_names = MODELS.names
+model_class = MODELS.get
 
 
 def create_model(name: str, input_shape: Tuple[int, int, int], num_classes: int,

@@ -26,7 +26,7 @@ Widths (channel groups), in this order:
 """
 import torch.nn as nn
 
-from models import register_model
+from models.registry import register_model
 from models.base import PrunableNet
 from models.layers import BasicBlock, ZeroPadShortcut
 from utils.errors import UserError

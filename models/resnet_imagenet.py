@@ -24,7 +24,7 @@ import os
 
 import torch.nn as nn
 
-from models import register_model
+from models.registry import register_model
 from models.adapters import ImageAdapter
 from models.base import PrunableNet
 from models.layers import BasicBlock

@@ -2,7 +2,7 @@
 and the FPGM paper prune it."""
 import torch.nn as nn
 
-from models import register_model
+from models.registry import register_model
 from models.adapters import ImageAdapter
 from models.base import PrunableNet, flat_size
 

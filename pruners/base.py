@@ -3,7 +3,7 @@
 A pruner is built from keyword arguments (tests and benchmarks call the class directly); the
 command line goes through ``from_args``, which maps the method's flags onto them. Every method's
 flags live on pruning.py's parser in a group of their own (``add_arguments``), so a flag given to
-the wrong method can be refused (``foreign_flags``).
+the wrong method can be refused (script_setup.foreign_flags).
 """
 import argparse
 import json
@@ -74,11 +74,13 @@ class PruneContext:
             self.run.track(name, get, set)
 
 
-def check_rate(flag: str, value) -> float:
-    """A pruning fraction in [0, 1); anything else is the user's error (one line, exit 2)."""
+def check_rate(name: str, value) -> float:
+    """A pruning fraction in [0, 1); anything else is the user's error (one line, exit 2).
+    ``name`` is the keyword argument the value was given as (``cut_rate``); a script whose flag
+    parsing lets a bad value through names its flag itself."""
     rate = float(value)
     if not 0 <= rate < 1:  # also rejects NaN
-        raise UserError(f"{flag} must be in [0, 1), got {value}")
+        raise UserError(f"{name} must be in [0, 1), got {value}")
     return rate
 
 
@@ -114,7 +116,7 @@ class Pruner:
 
     def __init__(self, cut_rate: float = DEFAULT_CUT_RATE):
         """Checks the rate, shared by every method; subclasses check their own keywords after."""
-        self.cut_rate = check_rate("--cut_rate", cut_rate)
+        self.cut_rate = check_rate("cut_rate", cut_rate)
 
     def check_model(self, model: nn.Module) -> None:
         """Refuse, before any training, a model this method cannot prune as asked."""
@@ -131,20 +133,6 @@ class Pruner:
     def inference_model(self, model: nn.Module) -> nn.Module:
         """The model to time and deploy; a method may swap in faster kernels."""
         return model
-
-
-def foreign_flags(args, method: str, groups: dict) -> List[str]:
-    """Flags of groups ``method`` does not read (``groups``: title -> (argument group, methods
-    that read it)) that ``args`` sets to something other than their default: given to
-    ``method``, they would be silently ignored."""
-    given = []
-    for group, methods in groups.values():
-        if method in methods:
-            continue
-        for action in group._group_actions:
-            if getattr(args, action.dest, None) != action.default:
-                given.append(action.option_strings[0])
-    return given
 
 
 def parse_layer_rates(text: str) -> Dict[str, float]:

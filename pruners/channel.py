@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pruners.base import check_rate
 from pruners.compact import (channel_masks, compact_model, group_rows, max_relative_difference,
                              pruned_sets, zero_channels)
 from pruners.criteria import Criterion, GroupView, create_criterion
@@ -36,14 +37,6 @@ COMPACT_TOLERANCE = 1e-4
 
 class CompactionMismatch(RuntimeError):
     """The compact model does not compute what the masked one does: a defect, never expected."""
-
-
-def check_fraction(name: str, value) -> float:
-    """A pruning fraction in [0, 1); anything else is the caller's error, naming the argument."""
-    rate = float(value)
-    if not 0 <= rate < 1:  # also rejects NaN
-        raise UserError(f"{name} must be in [0, 1), got {value}")
-    return rate
 
 
 def aligned_count(filters: int, pruned: int, multiple: int) -> int:
@@ -85,8 +78,8 @@ class ChannelPruner:
                  exclude: Sequence[str] = (), channel_multiple: int = 1, mode: str = "soft",
                  graph: Optional[DependencyGraph] = None):
         self.model = model
-        self.rate = check_fraction("rate", rate)
-        self.layer_rates = {str(name): check_fraction(f"layer_rates[{name!r}]", r)
+        self.rate = check_rate("rate", rate)
+        self.layer_rates = {str(name): check_rate(f"layer_rates[{name!r}]", r)
                             for name, r in (layer_rates or {}).items()}
         self.prune_residual = bool(prune_residual)
         self.exclude = _names(exclude)

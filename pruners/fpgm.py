@@ -3,7 +3,7 @@
 The criterion (the filters nearest their group's geometric median, and FPGM-mix's norm share)
 is pruners/criteria/fpgm.py; the schedule, soft as in the paper, is pruners/structured.py.
 """
-from pruners import register_pruner
+from pruners.registry import register_pruner
 from pruners.base import DEFAULT_CUT_RATE, check_rate
 from pruners.criteria.fpgm import DISTANCES, GeometricMedian
 from pruners.structured import StructuredPruner

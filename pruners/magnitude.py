@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
 
-from pruners.channel import check_fraction
+from pruners.base import check_rate
 from pruners.songhan import SCOPES, smallest_k_masks
 from utils.errors import UserError
 
@@ -28,7 +28,7 @@ class MagnitudePruner:
     def __init__(self, model: nn.Module, rate: float, scope: str = "global",
                  layer_rates: Optional[Dict[str, float]] = None, exclude: Sequence[str] = ()):
         self.model = model
-        self.rate = check_fraction("rate", rate)
+        self.rate = check_rate("rate", rate)
         if scope not in SCOPES:
             raise UserError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
         self.scope = scope
@@ -41,7 +41,7 @@ class MagnitudePruner:
         if unknown:
             raise UserError(f"layer_rates or exclude name no Conv or Linear layer of "
                             f"{type(model).__name__}: {', '.join(unknown)}")
-        self.layer_rates = {name: check_fraction(f"layer_rates[{name!r}]", r)
+        self.layer_rates = {name: check_rate(f"layer_rates[{name!r}]", r)
                             for name, r in (layer_rates or {}).items() if name in names}
 
     @staticmethod
@@ -55,7 +55,7 @@ class MagnitudePruner:
              ) -> Dict[str, float]:
         """Prune to ``rate`` (default: the constructor's) of the weights, and each layer of
         ``layer_rates`` to its own rate; returns every layer's sparsity."""
-        rate = self.rate if rate is None else check_fraction("rate", rate)
+        rate = self.rate if rate is None else check_rate("rate", rate)
         layer_rates = dict(self.layer_rates, **(layer_rates or {}))
         for name, module in self.layers:
             if name in layer_rates:

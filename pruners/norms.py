@@ -8,7 +8,7 @@ FPGM (pruners/structured.py); their criteria are pruners/criteria/norms.py and t
 - taylor: Molchanov et al., CVPR 2019: the channels of smallest first-order Taylor importance
   (activation x gradient) over a few training batches at every selection (soft schedule here).
 """
-from pruners import register_pruner
+from pruners.registry import register_pruner
 from pruners.criteria import L1Norm, SoftFilterNorm, Taylor
 from pruners.structured import StructuredPruner
 

@@ -26,7 +26,7 @@ checked bit for bit, the size and accuracy of every stage, and --export (utils/e
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -40,7 +40,7 @@ from utils.checkpoints import build_model
 from utils.checkpoints.compressed import (MAX_SHARED_BITS, SUFFIX, compressed_bytes,
                                           load_compressed, save_compressed)
 from utils.errors import UserError
-from utils.masks import detached_copy, plain_state_dict
+from utils.masks import detached_copy, mask_of, plain_state_dict
 from utils.reporting.console import print_rows
 from utils.training import evaluate
 
@@ -122,9 +122,9 @@ class WeightSharing:
     iterations: int = KMEANS_ITERATIONS
 
     def __post_init__(self):
-        for flag, bits in (("--quantize_bits_conv", self.bits_conv), ("--quantize_bits_fc", self.bits_fc)):
+        for name, bits in (("bits_conv", self.bits_conv), ("bits_fc", self.bits_fc)):
             if not 0 <= int(bits) <= MAX_SHARED_BITS:
-                raise UserError(f"{flag} must be from 0 (off) to {MAX_SHARED_BITS}, got {bits}")
+                raise UserError(f"{name} must be from 0 (off) to {MAX_SHARED_BITS}, got {bits}")
 
     def targets(self, model: nn.Module) -> List[Tuple[str, nn.Module, int]]:
         """(weight's state_dict key, layer, bits) of every layer to share."""
@@ -142,9 +142,10 @@ class WeightSharing:
         Returns {weight key: bits}."""
         shared = {}
         for key, module, bits in self.targets(model):
-            masked = prune.is_pruned(module) and hasattr(module, "weight_mask")
+            mask = mask_of(module, "weight")
+            masked = mask is not None
             if masked:
-                keep = module.weight_mask.bool().clone()
+                keep = mask.bool().clone()
                 prune.remove(module, "weight")
                 module.weight.masked_fill_(~keep, 0.0)
             else:
@@ -293,20 +294,47 @@ def _bits(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def compress(model: nn.Module, checkpoint: dict, saved: Path, context, args,
+@dataclasses.dataclass(frozen=True)
+class CompressionSettings:
+    """What ``compress`` does: codebook bits per kind of layer (0: unshared), epochs of centroid
+    fine-tuning, and their learning rate (None: the run's retraining rate)."""
+    bits_conv: int = DEFAULT_BITS_CONV
+    bits_fc: int = DEFAULT_BITS_FC
+    epochs: int = DEFAULT_EPOCHS
+    learning_rate: Optional[float] = None
+
+    def __post_init__(self):
+        WeightSharing(self.bits_conv, self.bits_fc)  # checks the bits
+        if int(self.epochs) < 0:
+            raise UserError(f"epochs must be zero or more, got {self.epochs}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise UserError(f"learning_rate must be positive, got {self.learning_rate}")
+
+    @classmethod
+    def from_args(cls, args) -> Optional["CompressionSettings"]:
+        """pruning.py's --quantize* flags; None without --quantize."""
+        if not getattr(args, "quantize", False):
+            return None
+        return cls(args.quantize_bits_conv, args.quantize_bits_fc, args.quantize_epochs,
+                   args.quantize_learning_rate)
+
+
+def compress(model: nn.Module, checkpoint: dict, saved: Path, context,
+             settings: CompressionSettings = CompressionSettings(),
              print_fn=print) -> Tuple[dict, nn.Module]:
     """Weight sharing and fine-tuning of a copy of the pruned ``model``, the compressed file
     next to the pruned checkpoint ``saved``, read back and checked bit for bit; prints the stages.
     Returns (figures for the metrics, the decoded model)."""
-    sharing = WeightSharing(args.quantize_bits_conv, args.quantize_bits_fc)
+    sharing = WeightSharing(settings.bits_conv, settings.bits_fc)
     quantized = detached_copy(model)
     test = context.test
-    rate = args.quantize_learning_rate or context.settings.learning_rate
-    print_fn(f"\nweight sharing: k-means of each layer's kept weights ({args.quantize_bits_conv} "
-             f"bits conv, {args.quantize_bits_fc} bits fc; 0 = unshared), then "
-             f"{args.quantize_epochs} epoch{'' if args.quantize_epochs == 1 else 's'} of centroid "
+    rate = settings.learning_rate or context.settings.learning_rate
+    epochs = settings.epochs
+    print_fn(f"\nweight sharing: k-means of each layer's kept weights ({settings.bits_conv} "
+             f"bits conv, {settings.bits_fc} bits fc; 0 = unshared), then "
+             f"{epochs} epoch{'' if epochs == 1 else 's'} of centroid "
              f"fine-tuning at learning rate {rate:g}")
-    shared, acc_clustered, history = quantize(quantized, context, sharing, args.quantize_epochs, rate)
+    shared, acc_clustered, history = quantize(quantized, context, sharing, epochs, rate)
     acc_quantized = evaluate(quantized, test)["acc"]
     metrics = checkpoint.get("metrics", {})
     acc_dense = metrics.get("before", {}).get("top1_acc")
@@ -315,8 +343,8 @@ def compress(model: nn.Module, checkpoint: dict, saved: Path, context, args,
             "root_learning_rate": checkpoint.get("root_learning_rate"),
             "metrics": {"acc_pruned": acc_pruned, "acc_clustered": acc_clustered,
                         "acc_quantized": acc_quantized},
-            "quantization": {"bits_conv": args.quantize_bits_conv, "bits_fc": args.quantize_bits_fc,
-                             "epochs": args.quantize_epochs, "learning_rate": rate}}
+            "quantization": {"bits_conv": settings.bits_conv, "bits_fc": settings.bits_fc,
+                             "epochs": epochs, "learning_rate": rate}}
     fixed, fixed_stats = compressed_bytes(quantized, shared, huffman=False, **info)
     path, stats = save_compressed(quantized, saved.with_name(saved.stem + SUFFIX), shared, **info)
     loaded = load_compressed(path)
@@ -359,20 +387,23 @@ def compress(model: nn.Module, checkpoint: dict, saved: Path, context, args,
     return figures, decoded
 
 
-def compress_and_export(args, model: nn.Module, checkpoint: dict, saved, context,
-                        print_fn=print) -> dict:
-    """pruning.py's step after the pruned checkpoint ``saved`` is written: --quantize and
-    --export. ``model`` is left as it is. Returns {"compression": ..., "export": ...} for the
-    metrics (empty when neither was asked)."""
+def compress_and_export(model: nn.Module, checkpoint: dict, saved, context,
+                        compression: Optional[CompressionSettings] = None,
+                        export_formats: Sequence[str] = (), print_fn=print) -> dict:
+    """pruning.py's step after the pruned checkpoint ``saved`` is written: weight sharing and the
+    compressed file when ``compression`` is given, then the ``export_formats`` (of the quantized
+    model when there is one). ``model`` is left as it is. Returns {"compression": ...,
+    "export": ...} for the metrics (empty when neither was asked)."""
     results = {}
     saved = Path(saved)
     final = None
-    if getattr(args, "quantize", False):
-        results["compression"], final = compress(model, checkpoint, saved, context, args, print_fn)
-    formats = getattr(args, "export", None)
-    if formats:
+    if compression is not None:
+        results["compression"], final = compress(model, checkpoint, saved, context, compression,
+                                                 print_fn)
+    if export_formats:
         from utils.export import COMPARE_IMAGES, export_model
         stem = saved.with_name(saved.stem + ("_quantized" if final is not None else ""))
-        results["export"] = export_model(final if final is not None else model, stem, formats,
+        results["export"] = export_model(final if final is not None else model, stem,
+                                         export_formats,
                                          context.test.first_images(COMPARE_IMAGES), print_fn)
     return results

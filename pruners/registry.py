@@ -1,34 +1,18 @@
 """The pruner registry: ``--pruning_method`` names map to Pruner classes."""
-from typing import Dict, Type
+from typing import List, Type
 
 from pruners.base import Pruner
-from utils.errors import UserError
+from utils.registry import Registry
 
-_PRUNERS: Dict[str, Type[Pruner]] = {}
-
-
-def register_pruner(name: str):
-    def wrap(cls):
-        if name in _PRUNERS:
-            raise ValueError(f"pruner {name!r} registered twice")
-        cls.name = name
-        _PRUNERS[name] = cls
-        return cls
-    return wrap
+# A class learns its name as ``name`` (what its checkpoints' metadata records).
+PRUNERS: Registry[Type[Pruner]] = Registry("pruning method", attribute="name")
+register_pruner = PRUNERS.register
+pruner_names = PRUNERS.names
+pruner_class = PRUNERS.get
 
 
-def pruner_names():
-    return sorted(_PRUNERS)
-
-
-def pruner_classes():
-    return [_PRUNERS[name] for name in pruner_names()]
-
-
-def pruner_class(name: str) -> Type[Pruner]:
-    if name not in _PRUNERS:
-        raise UserError(f"unknown pruning method {name!r}; choose one of: {', '.join(pruner_names())}")
-    return _PRUNERS[name]
+def pruner_classes() -> List[Type[Pruner]]:
+    return [cls for _, cls in PRUNERS.items()]
 
 
 def create_pruner(name: str, args=None, **kwargs) -> Pruner:

@@ -22,10 +22,11 @@ import torch.nn as nn
 import torch.nn.utils.prune as prune
 
 from models.base import weight_layers
-from pruners import register_pruner
+from pruners.registry import register_pruner
 from pruners.base import DEFAULT_CUT_RATE, PruneContext, Pruner, check_rate
 from utils import cli
 from utils.errors import UserError
+from utils.masks import mask_of, trained_tensor
 from pruners.sparse_linear import SPARSE_INFERENCE_MODES, sparsify_linear_layers
 
 SCOPES = ("global", "layer")
@@ -256,7 +257,7 @@ class SongHanPruner(Pruner):
         super().__init__(cut_rate)
         # Han et al.'s per-layer targets (their Tables 2 and 3): these layers are pruned each to
         # its own rate; the others follow --cut_rate and --prune_scope among themselves.
-        self.layer_rates = {name: check_rate(f"--layer_rates {name}", rate)
+        self.layer_rates = {name: check_rate(f"layer_rates[{name!r}]", rate)
                             for name, rate in (layer_rates or {}).items()}
         self.quality = quality
         self.scope = scope
@@ -289,9 +290,7 @@ class SongHanPruner(Pruner):
     @staticmethod
     def _current(module: nn.Module, tensor: str) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """The trainable tensor and its mask (None before the first pruning)."""
-        if prune.is_pruned(module) and hasattr(module, tensor + "_mask"):
-            return getattr(module, tensor + "_orig"), getattr(module, tensor + "_mask")
-        return getattr(module, tensor), None
+        return trained_tensor(module, tensor), mask_of(module, tensor)
 
     # -- one pruning step
 

@@ -132,7 +132,7 @@ class StructuredPruner(Pruner):
         self.finetune_epochs = int(finetune_epochs)
         self.prune_residual = bool(prune_residual)
         self.channel_multiple = int(channel_multiple)
-        self.layer_rates = {name: check_rate(f"--layer_rates {name}", rate)
+        self.layer_rates = {name: check_rate(f"layer_rates[{name!r}]", rate)
                             for name, rate in (layer_rates or {}).items()}
         if self.mode not in MODES:
             raise UserError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")

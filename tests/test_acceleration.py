@@ -10,7 +10,8 @@ import torch.nn as nn
 import torch.nn.utils.prune as prune
 
 import models
-from utils.cli import add_training_args, new_parser
+from script_setup import add_training_args
+from utils.cli import new_parser
 from utils.errors import UserError
 from utils.masks import masked_tensors
 from utils.training import TrainingAccelerator, TrainingSettings, accelerator_from_args
@@ -271,13 +272,13 @@ def test_default_accelerator_is_the_plain_step():
 @pytest.mark.parametrize("script", ["baseline", "pruning"])
 def test_amp_on_the_cpu_is_refused_before_any_data_is_read(script, tmp_path, monkeypatch, capsys):
     import importlib
-    from utils import cli
+    import script_setup
     module = importlib.import_module(script)
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was loaded before --amp was checked")
 
-    monkeypatch.setattr(cli, "load_data", no_data)
+    monkeypatch.setattr(script_setup, "load_data", no_data)
     argv = ["--amp=bf16", "--device=cpu", f"--data_dir={tmp_path}", f"--checkpoint_dir={tmp_path}"]
     argv += ["--load_folder_model=missing.pt"] if script == "pruning" else ["--model=lenet_5"]
     with pytest.raises(UserError, match="needs a CUDA device"):

@@ -56,7 +56,7 @@ def test_re_pruning_only_adds_to_the_masks(chain, capsys):
 @pytest.mark.parametrize("rate", ["0.3", "0.5"])
 def test_a_rate_the_model_already_has_is_refused_before_retraining(chain, capsys, rate, monkeypatch):
     before = sorted(chain["folder"].iterdir())
-    monkeypatch.setattr(pruning.cli, "load_data", lambda *a, **k: pytest.fail("data loaded"))
+    monkeypatch.setattr(pruning.script_setup, "load_data", lambda *a, **k: pytest.fail("data loaded"))
     code, _ = run_script(pruning.main, [f"--load_folder_model={chain['first']}",
                                         f"--data_dir={chain['data_dir']}",
                                         f"--checkpoint_dir={chain['folder']}", *FAST,

@@ -65,7 +65,7 @@ def no_training(monkeypatch):
     def refuse(*_, **__):
         raise AssertionError("training started before the flags were checked")
     monkeypatch.setattr(baseline, "fit", refuse)
-    monkeypatch.setattr(baseline.cli, "load_data", refuse)
+    monkeypatch.setattr(baseline.script_setup, "load_data", refuse)
 
 
 def test_a_checkpoint_dir_that_is_a_file_is_refused_before_training(mnist_dir, tmp_path, capsys,
@@ -164,3 +164,43 @@ def test_the_timed_figures_are_added_to_the_saved_file(mnist_dir, tmp_path):
     # updated in place, no temporary files left; beside it only the run's metrics file
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         [Path(metrics["path"]).name, Path(metrics["path"]).stem + ".metrics.jsonl"])
+
+
+def test_foreign_flags_are_found_through_argparse_public_api():
+    """A method's flags are learnt by parsing nothing on a parser of their own; one given to a
+    method that does not read them is named as its flag."""
+    import argparse
+    import script_setup
+
+    def add_flags(group):
+        group.add_argument("--fpgm_distance", choices=("l1", "l2"), default="l2")
+        group.add_argument("--fpgm_norm_rate", type=float, default=0.0)
+
+    defaults = script_setup.flag_defaults(add_flags)
+    assert defaults == {"fpgm_distance": "l2", "fpgm_norm_rate": 0.0}
+    groups = {"fpgm options": (defaults, {"fpgm"})}
+    given = argparse.Namespace(fpgm_distance="l1", fpgm_norm_rate=0.0)
+    assert script_setup.foreign_flags(given, "l1norm", groups) == ["--fpgm_distance"]
+    assert script_setup.foreign_flags(given, "fpgm", groups) == []
+
+
+def test_library_errors_name_the_keyword_argument_not_a_flag():
+    from pruners import create_pruner
+    from pruners.quantization import CompressionSettings
+    from utils.errors import UserError
+    with pytest.raises(UserError, match=r"^cut_rate must be in \[0, 1\), got 1.5$"):
+        create_pruner("songhan", cut_rate=1.5)
+    with pytest.raises(UserError, match=r"^bits_conv must be from 0"):
+        CompressionSettings(bits_conv=99)
+    with pytest.raises(UserError, match=r"^epochs must be zero or more"):
+        CompressionSettings(epochs=-1)
+
+
+def test_compression_settings_come_from_the_flags_only_with_quantize():
+    import argparse
+    from pruners.quantization import CompressionSettings
+    off = argparse.Namespace(quantize=False)
+    assert CompressionSettings.from_args(off) is None
+    on = argparse.Namespace(quantize=True, quantize_bits_conv=6, quantize_bits_fc=4,
+                            quantize_epochs=0, quantize_learning_rate=None)
+    assert CompressionSettings.from_args(on) == CompressionSettings(6, 4, 0, None)

@@ -148,7 +148,7 @@ def test_zero_bits_leave_a_kind_of_layer_unshared():
     model = pruned_model("lenet_5_caffe", 0.3)
     shared = WeightSharing(bits_conv=0, bits_fc=4).share(model)
     assert set(shared) == {"fc1.weight", "fc2.weight"}
-    with pytest.raises(UserError, match="--quantize_bits_fc"):
+    with pytest.raises(UserError, match="bits_fc must be from 0"):
         WeightSharing(bits_fc=9)
 
 

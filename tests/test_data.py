@@ -22,7 +22,7 @@ from utils.data import BatchLoader, Split, datasets, load_dataset, offline, rand
 from utils.data.safe_pickle import _frombuffer, _reconstruct, load_numpy_pickle
 from utils.errors import UserError
 
-ALL = sorted(datasets.DATASETS)  # the file datasets (folder ones: test_folders.py)
+ALL = datasets.DATASETS.names()  # the file datasets (folder ones: test_folders.py)
 IDX_DATASETS = ("mnist", "fashion_mnist")
 
 
@@ -37,8 +37,8 @@ def write_dataset(name, root, count=16):
 
 def set_spec(monkeypatch, name, **changes):
     """Dataset ``name`` with some fields replaced, for the duration of one test."""
-    spec = dataclasses.replace(datasets.DATASETS[name], **changes)
-    monkeypatch.setitem(datasets.DATASETS, name, spec)
+    spec = dataclasses.replace(datasets.DATASETS.get(name), **changes)
+    monkeypatch.setattr(datasets, "DATASETS", datasets.DATASETS.with_entry(name, spec))
     return spec
 
 

@@ -1,4 +1,4 @@
-"""calFLOP.py and utils/flops.py: the reference tables exactly, FLOPs equal to torch's
+"""calFLOP.py and utils/reporting/counting.py: the reference tables exactly, FLOPs equal to torch's
 FlopCounterMode, Han et al.'s Weights%/Act%/FLOP% on a model whose weights and inputs the tests
 choose, every output format, bad input."""
 import csv
@@ -12,7 +12,7 @@ import calFLOP
 import models
 from tests.conftest import run_script
 from utils.checkpoints import load_checkpoint, build_model, make_checkpoint, save_checkpoint
-from utils.reporting.counting import activation_density, count_flops, han_flop_fractions, layer_stats, weighted_total
+from utils.reporting.counting import activation_density, count_flops, flop_fractions, layer_stats, weighted_total
 from utils.reporting.tables import flop_table, render_csv, render_markdown
 
 MNIST = (1, 28, 28)
@@ -100,7 +100,8 @@ HAN_TABLES = {
 @pytest.mark.parametrize("name", sorted(HAN_TABLES))
 def test_the_rule_reproduces_han_tables(name):
     weights, act, flop, total = HAN_TABLES[name]
-    fractions = han_flop_fractions([w / 100 for w in weights], [a / 100 for a in act])
+    # in a chain a layer reads the previous layer's output: its input density is that Act%
+    fractions = flop_fractions([w / 100 for w in weights], [1.0] + [a / 100 for a in act[:-1]])
     # the paper's inputs are rounded to whole percents, so its outputs are matched within a point
     assert [100 * f for f in fractions] == pytest.approx(flop, abs=1)
     dense = [s.flops for s in layer_stats(models.create_model(name, MNIST, 10), MNIST)]

@@ -12,7 +12,7 @@ import models
 from models.base import PrunableNet
 from pruners.compact import compact_model, pruned_sets, zero_channels
 from pruners.graph import UnsupportedOperation, build_graph
-from models.registry import _MODELS, register_model
+from models.registry import MODELS, register_model
 
 # Small widths keep the 224x224 ImageNet layouts fast on a CPU; every width at least 2 so a
 # group can lose all but one channel.
@@ -166,7 +166,7 @@ def registered():
         return cls
     yield register
     for name in names:
-        _MODELS.pop(name)
+        MODELS.remove(name)
 
 
 @pytest.mark.parametrize("cls,message", [(ChannelShuffleNet, "function cumsum at node cumsum"),

@@ -125,7 +125,7 @@ def check_flags(command: Command) -> Command:
                 command.problems.append(f"{command}: {command.script} has no flag {flag}")
     if command.problems:
         return command
-    from utils.cli import RESUME_OVERRIDES, _given_flags, _without_resume
+    from script_setup import RESUME_OVERRIDES, _given_flags, _without_resume
     resume, rest = _without_resume(command.argv)
     if resume is not None:  # the run's own flags come from the state file
         extra = [flag for flag in _given_flags(rest) if flag not in RESUME_OVERRIDES]

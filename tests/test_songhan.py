@@ -248,7 +248,7 @@ def test_bad_flags_are_user_errors_at_construction():
     for bad in (0.0, -1.0, float("nan")):
         with pytest.raises(UserError, match="--quality must be a positive number"):
             SongHanPruner.from_args(_args(quality=bad))
-    with pytest.raises(UserError, match=r"--cut_rate must be in \[0, 1\)"):
+    with pytest.raises(UserError, match=r"^cut_rate must be in \[0, 1\)"):
         SongHanPruner.from_args(_args(cut_rate=1.0))
     assert isinstance(create_pruner("songhan", _args()), SongHanPruner)
 
@@ -375,3 +375,20 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(trained_checkpoint, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
     assert _listing(ckpt_dir) == before
+
+
+def test_the_mask_helpers_read_what_torch_prune_holds():
+    """utils.masks is the one reader of torch.nn.utils.prune's <t>_orig / <t>_mask naming."""
+    import torch.nn as nn
+    import torch.nn.utils.prune as torch_prune
+    from utils.masks import mask_of, masked_value, trained_tensor
+    layer = nn.Linear(3, 2)
+    assert mask_of(layer) is None and trained_tensor(layer) is layer.weight
+    keep = torch.tensor([[1., 0, 1], [0, 1, 1]])
+    torch_prune.custom_from_mask(layer, "weight", keep)
+    assert torch.equal(mask_of(layer), keep) and trained_tensor(layer) is layer.weight_orig
+    assert mask_of(layer, "bias") is None
+    parameters = dict(layer.named_parameters())
+    assert torch.equal(masked_value(layer, "weight_orig", parameters["weight_orig"]),
+                       layer.weight_orig * keep)
+    assert masked_value(layer, "bias", parameters["bias"]) is parameters["bias"]

@@ -52,13 +52,22 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def start(device_flag: str, timeout_minutes: int = 30) -> torch.device:
+def resolve_device(name: str) -> torch.device:
+    """The device ``name`` (auto, cpu, cuda or cuda:N) means on this machine; auto takes CUDA
+    when torch sees it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if torch.device(name).type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r} asked for but torch sees no CUDA device; use cpu")
+    return torch.device(name)
+
+
+def start(device: str, timeout_minutes: int = 30) -> torch.device:
     """Joins the process group when launched by torchrun and returns this rank's device
-    (``cuda:LOCAL_RANK`` on GPUs); for one process, just the device ``--device`` names. Output
+    (``cuda:LOCAL_RANK`` on GPUs); for one process, just the device ``device`` names (resolve_device). Output
     of ranks other than 0 is silenced (their errors still reach stderr, prefixed), so a run
     prints one report however many processes it has."""
-    from utils.cli import resolve_device  # cli imports this module
-    device = resolve_device(device_flag)
+    device = resolve_device(device)
     if not launched():
         return device
     missing = [name for name in _ENV if name not in os.environ]

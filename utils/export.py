@@ -17,18 +17,19 @@ Both are written atomically next to the model's file, never over another file.
 import contextlib
 import logging
 from pathlib import Path
-from typing import Dict
+from typing import Callable, Dict
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
+from utils import cli
 from utils.errors import UserError
 from utils.files import atomic_write, unused_path
+from utils.registry import Registry
 from utils.masks import detached_copy, make_permanent
 
-FORMATS = ("onnx", "state_dict")
 TOLERANCE = 1e-4
 # Test images the ONNX model is compared on (fewer for 224x224 models would do; this is cheap).
 COMPARE_IMAGES = 64
@@ -42,7 +43,7 @@ class ExportMismatch(RuntimeError):
 
 
 def add_export_arg(parser) -> None:
-    parser.add_argument("--export", nargs="+", choices=FORMATS, default=None,
+    parser.add_argument("--export", nargs="+", choices=EXPORT_FORMATS.names(), default=None,
                         help="also write the final model next to its checkpoint: onnx (checked "
                              "with onnx.checker and against PyTorch's outputs on test images "
                              f"within {TOLERANCE:g}) and/or state_dict (plain dense tensors, "
@@ -164,39 +165,46 @@ def export_onnx(model: nn.Module, path, images: torch.Tensor,
             "bytes": len(data)}
 
 
+# An export format: (model, stem, test images, print_fn) -> {"path": ..., figures}; it writes
+# ``stem`` + its own suffix and prints one line.
+EXPORT_FORMATS: Registry[Callable[..., dict]] = Registry("export format")
+
+
+@EXPORT_FORMATS.register("onnx")
+def _to_onnx(model: nn.Module, stem: Path, images: torch.Tensor, print_fn=print) -> dict:
+    result = export_onnx(model, stem.with_name(stem.name + ONNX_SUFFIX), images)
+    print_fn(f"exported ONNX {result['path']} ({result['bytes']:,} bytes; onnx.checker "
+             f"passed; outputs on {result['images']} test images within "
+             f"{result['max_abs_diff']:.2g} of PyTorch's (largest |logit| "
+             f"{result['largest_output']:.3g}), in {result['runtime']})")
+    return result
+
+
+@EXPORT_FORMATS.register("state_dict")
+def _to_state_dict(model: nn.Module, stem: Path, images: torch.Tensor, print_fn=print) -> dict:
+    path = export_state_dict(model, stem.with_name(stem.name + STATE_DICT_SUFFIX))
+    print_fn(f"exported state_dict {path} (plain dense tensors: "
+             "model.load_state_dict(torch.load(path, weights_only=True)))")
+    return {"path": str(path)}
+
+
 def export_model(model: nn.Module, stem, formats, images: torch.Tensor, print_fn=print) -> dict:
     """Each of ``formats`` written as ``stem`` + its suffix; one line printed for each."""
     stem = Path(stem)
-    results = {}
-    for name in formats:
-        if name == "onnx":
-            result = export_onnx(model, stem.with_name(stem.name + ONNX_SUFFIX), images)
-            print_fn(f"exported ONNX {result['path']} ({result['bytes']:,} bytes; onnx.checker "
-                     f"passed; outputs on {result['images']} test images within "
-                     f"{result['max_abs_diff']:.2g} of PyTorch's (largest |logit| "
-                     f"{result['largest_output']:.3g}), in {result['runtime']})")
-        elif name == "state_dict":
-            path = export_state_dict(model, stem.with_name(stem.name + STATE_DICT_SUFFIX))
-            result = {"path": str(path)}
-            print_fn(f"exported state_dict {path} (plain dense tensors: "
-                     "model.load_state_dict(torch.load(path, weights_only=True)))")
-        else:
-            raise UserError(f"unknown export format {name!r}; choose from {', '.join(FORMATS)}")
-        results[name] = result
-    return results
+    exporters = {name: EXPORT_FORMATS.get(name) for name in formats}  # all known before any write
+    return {name: export(model, stem, images, print_fn) for name, export in exporters.items()}
 
 
 # ---------------------------------------------------------------- python -m utils.export
 
 def get_args_parser():
-    from utils import cli
     parser = cli.new_parser(__doc__)
     parser.add_argument("--load_folder_model", required=True,
                         help="a checkpoint (name in --checkpoint_dir, or a path) or a compressed "
                              "file (.compressed, written by pruning.py --quantize)")
     parser.add_argument("--checkpoint_dir", default="checkpoints",
                         help="where a checkpoint name is looked up (and in checkpoints/)")
-    parser.add_argument("--format", nargs="+", choices=FORMATS, default=["onnx"],
+    parser.add_argument("--format", nargs="+", choices=EXPORT_FORMATS.names(), default=["onnx"],
                         help="what to write next to the file")
     parser.add_argument("--data_dir", default="./data",
                         help="where the checkpoint's dataset lives (its test images check the "
@@ -220,7 +228,7 @@ def load_any(name_or_path: str, checkpoint_dir) -> dict:
 
 
 def main(argv=None) -> dict:
-    from utils import checkpoints, cli
+    from utils import checkpoints, data
     from utils.checkpoints.compressed import SUFFIX
     args = get_args_parser().parse_args(argv)
     cli.apply_threads(args.threads)
@@ -228,7 +236,13 @@ def main(argv=None) -> dict:
     model = checkpoints.build_model(loaded, masks=False)
     images = torch.empty(0)
     if "onnx" in args.format:
-        _, test, _ = cli.load_data(args, loaded["dataset"], "cpu", loaded["config"]["input_shape"])
+        # A folder dataset's images are sized for the model the checkpoint holds.
+        size = int(loaded["config"]["input_shape"][-1])
+        _, test, _ = data.load_dataset(loaded["dataset"], args.data_dir, "cpu",
+                                       download=not args.no_download,
+                                       verify=not args.no_verify_data, loader="auto",
+                                       workers=0, image_size=size if loaded["dataset"] in
+                                       data.FOLDER_DATASETS else None)
         images = test.first_images(COMPARE_IMAGES)
     source = Path(loaded["path"])
     stem = source.with_name(source.name.removesuffix(".pt").removesuffix(SUFFIX))
@@ -236,5 +250,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from utils.cli import run
-    run(main)
+    cli.run(main)

@@ -8,7 +8,7 @@ Pruned entries are stored and left as +0.0: ``orig * mask`` gives -0.0 where ``o
 negative, which a sign-blind comparison cannot tell from +0.0 but a file round trip would change.
 """
 import copy
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -26,6 +26,29 @@ def masked_tensors(model: nn.Module) -> Iterator[Tuple[str, nn.Module, str]]:
             if buffer_name.endswith(_MASK) and hasattr(module, buffer_name[:-len(_MASK)] + _ORIG):
                 tensor = buffer_name[:-len(_MASK)]
                 yield (f"{module_name}.{tensor}" if module_name else tensor), module, tensor
+
+
+def mask_of(module: nn.Module, tensor: str = "weight") -> Optional[torch.Tensor]:
+    """The 0/1 mask torch.nn.utils.prune holds on ``module.<tensor>``, or None when unmasked."""
+    if hasattr(module, tensor + _ORIG):
+        return getattr(module, tensor + _MASK, None)
+    return None
+
+
+def trained_tensor(module: nn.Module, tensor: str = "weight") -> torch.Tensor:
+    """The parameter an optimizer updates for ``module.<tensor>``: ``<tensor>_orig`` behind a
+    mask, else the tensor itself."""
+    return getattr(module, tensor + _ORIG) if hasattr(module, tensor + _ORIG) else getattr(module, tensor)
+
+
+def masked_value(model: nn.Module, parameter_name: str, parameter: torch.Tensor) -> torch.Tensor:
+    """What the model computes with for one of its named_parameters: ``<t>_orig`` times its mask
+    for a masked tensor's original, the parameter itself otherwise."""
+    if not parameter_name.endswith(_ORIG):
+        return parameter
+    module_name, _, tensor = parameter_name[:-len(_ORIG)].rpartition(".")
+    mask = mask_of(model.get_submodule(module_name) if module_name else model, tensor)
+    return parameter if mask is None else parameter * mask
 
 
 def current_masks(model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -83,13 +106,3 @@ def make_permanent(model: nn.Module) -> nn.Module:
         prune.remove(module, tensor)
         getattr(module, tensor).masked_fill_(~keep, 0.0)
     return model
-
-
-def pruned_fraction(model: nn.Module, keys=None) -> Tuple[int, int]:
-    """(pruned entries, entries) over the masked tensors (or ``keys`` of them)."""
-    pruned = total = 0
-    for key, mask in current_masks(model).items():
-        if keys is None or key in keys:
-            total += mask.numel()
-            pruned += mask.numel() - int(mask.sum())
-    return pruned, total

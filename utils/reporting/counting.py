@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.base import weight_layers
+from utils.layers import weight_layers
+from utils.masks import masked_value
 from utils.modes import eval_mode
 
 FLOP_CONVENTION = ("FLOP = 2 x multiply-accumulate for one input image (bias, BatchNorm, "
@@ -39,10 +40,7 @@ def count_parameters(model: torch.nn.Module) -> dict:
     value (weight_orig x mask), which is what the model computes with."""
     total = nonzero = 0
     for name, parameter in model.named_parameters():
-        if name.endswith("_orig"):
-            module_name, _, tensor = name[:-len("_orig")].rpartition(".")
-            module = model.get_submodule(module_name) if module_name else model
-            parameter = parameter * getattr(module, tensor + "_mask")
+        parameter = masked_value(model, name, parameter)
         total += parameter.numel()
         nonzero += int(torch.count_nonzero(parameter))
     return {"total": total, "nonzero": nonzero}
@@ -142,13 +140,16 @@ def activation_density(model: nn.Module, images: torch.Tensor) -> Dict[str, floa
         {names[-1]: reads[None]} if names else {})
 
 
-def han_flop_fractions(weight_density: Sequence[float], act_density: Sequence[float]) -> List[float]:
-    """FLOP% of each layer: its weight density x the previous layer's activation density, the
-    first layer's input (the image) counted dense. Fractions in [0, 1], forward order."""
-    if len(weight_density) != len(act_density):
-        raise ValueError("one weight density and one activation density per layer")
-    previous = [1.0] + list(act_density[:-1])
-    return [w * a for w, a in zip(weight_density, previous)]
+def flop_fractions(weight_density: Sequence[float], input_density: Sequence[float]) -> List[float]:
+    """FLOP% of each layer (Han et al.'s rule): the density of its weight tensor times the density
+    of the input it reads, since a multiply is skipped when either factor is zero. The first
+    layer reads the image, counted dense: its input density is 1.0 whatever is given for it.
+    Fractions in [0, 1], forward order; in a plain chain a layer's input density is the previous
+    layer's Act%."""
+    if len(weight_density) != len(input_density):
+        raise ValueError("one weight density and one input density per layer")
+    reads = [1.0] + list(input_density[1:])
+    return [w * r for w, r in zip(weight_density, reads)]
 
 
 def weighted_total(fractions: Sequence[float], flops: Sequence[int]) -> float:

@@ -8,6 +8,7 @@ visible at a glance. matplotlib is optional; nothing else needs it.
 from pathlib import Path
 from typing import List, Optional
 
+from utils import cli
 from utils.errors import UserError
 from utils.files import PathLike, atomic_write
 from utils.training.runlog import read_rows
@@ -112,8 +113,7 @@ def plot_curves(metrics_path: PathLike, out_path: Optional[PathLike] = None) -> 
 
 
 def get_args_parser():
-    from utils.cli import new_parser
-    parser = new_parser(__doc__)
+    parser = cli.new_parser(__doc__)
     parser.add_argument("metrics", help="a run's .jsonl metrics file")
     parser.add_argument("--out", default=None,
                         help="PNG to write (default: the metrics file's name with .png)")
@@ -128,5 +128,4 @@ def main(argv=None) -> Path:
 
 
 if __name__ == "__main__":
-    from utils.cli import run
-    run(main)
+    cli.run(main)

@@ -23,6 +23,7 @@ rounds; no GPU was available to measure:
   slower (0.05-0.44x: no native bf16 arithmetic), so --amp on a CPU is a user error rather than
   a silent slowdown.
 """
+import argparse
 import os
 import shutil
 from typing import Optional, Tuple
@@ -32,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.prune as prune
 
+from utils.cli import str2bool
 from utils.errors import UserError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -286,12 +288,6 @@ def _bool_or_auto(text: str) -> Optional[bool]:
     """'auto' -> None (decided per model and device), else True/False as --do_training reads."""
     if str(text).strip().lower() == "auto":
         return None
-    from utils.cli import str2bool
-    return str2bool(text)
-
-
-def _bool(text: str) -> bool:
-    from utils.cli import str2bool
     return str2bool(text)
 
 
@@ -300,7 +296,6 @@ def _amp(text: str) -> Optional[str]:
     if lowered in ("off", "none", "false", "no"):
         return None
     if lowered not in AMP_DTYPES:
-        import argparse
         raise argparse.ArgumentTypeError(f"expected off, bf16 or fp16, got {text!r}")
     return lowered
 
@@ -312,7 +307,7 @@ def add_acceleration_args(group) -> None:
     group.add_argument("--channels_last", type=_bool_or_auto, nargs="?", const=True,
                        default=None, metavar="auto|True|False",
                        help=CHANNELS_LAST_HELP + ". Default: auto")
-    group.add_argument("--compile", type=_bool, nargs="?", const=True, default=False,
+    group.add_argument("--compile", type=str2bool, nargs="?", const=True, default=False,
                        metavar="True|False", help=COMPILE_HELP)
     group.add_argument("--amp", type=_amp, default=None, metavar="off|bf16|fp16",
                        help=AMP_HELP + ". Default: off")

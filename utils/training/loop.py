@@ -103,7 +103,7 @@ def _distributed(model: nn.Module, settings: TrainingSettings) -> nn.Module:
     device = next(model.parameters()).device
     if settings.sync_bn:
         if device.type != "cuda":
-            raise UserError("--sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU "
+            raise UserError("sync_bn needs CUDA devices: torch's SyncBatchNorm has no CPU "
                             "kernel; leave it out on the CPU")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
@@ -127,42 +127,31 @@ def _plain_batchnorm(model: nn.Module) -> None:
 def fit(model: nn.Module, train, monitor, settings: TrainingSettings, *,
         epochs: Optional[int] = None, augment: bool = False,
         generator: Optional[torch.Generator] = None,
-        optimizer: Optional[torch.optim.Optimizer] = None, scheduler=None,
         after_step: Optional[Callable[[], None]] = None,
         on_epoch_end: Optional[Callable[[int], None]] = None, print_fn=print,
         monitor_name: str = "test", run=None, phase: str = "train") -> List[dict]:
-    """Train for ``epochs`` (default: the settings') epochs, evaluating on ``monitor`` (the
-    validation split when there is one, named ``monitor_name``: history keys ``val_acc`` ...)
-    after each; one summary line each. The optimizer and schedule are built from ``settings`` over the
-    model's current parameters unless given. ``on_epoch_end(epoch)`` runs after the epoch's
-    training and before its evaluation, so what it changes (FPGM's soft pruning) is what gets
-    measured.
+    """Train for ``epochs`` (default: the settings') epochs with a fresh optimizer and schedule
+    over the model's current parameters, evaluating on ``monitor`` (the validation split when
+    there is one, named ``monitor_name``: history keys ``val_acc`` ...) after each; one summary
+    line each. ``on_epoch_end(epoch)`` runs after the epoch's training and before its
+    evaluation, so what it changes (FPGM's soft pruning) is what gets measured.
 
     ``run`` (a TrainingRun) makes this call one phase of a resumable, logged run: a phase the
     resumed run had finished is not trained again but ends in its saved state, one it stopped
-    inside continues from its saved epoch. Under torchrun the model trains wrapped in
+    inside continues from its saved epoch (_replay). Under torchrun the model trains wrapped in
     DistributedDataParallel, wrapped anew on every call, so a model rebuilt smaller between calls
     is never seen changing under the wrapper."""
     epochs = settings.epochs if epochs is None else epochs
     index = run.begin_phase(phase) if run is not None else 0
-    finished = run.finished_phase(index) if run is not None else None
+    finished = _replay_finished(run, index, model, generator, phase, print_fn)
     if finished is not None:
-        run.restore(finished, model, generator)
-        run.phases.append(finished)
-        print_fn(f"{phase}: finished before the interruption; continuing from its saved end")
-        return list(finished["history"])
-    if optimizer is None:
-        optimizer = settings.make_optimizer(model.parameters())
-        scheduler = settings.make_scheduler(optimizer, epochs) if scheduler is None else scheduler
-    history, first = [], 1
-    current = run.phase_in_progress(index) if run is not None else None
-    if current is not None:
-        run.restore(current, model, generator)
-        optimizer.load_state_dict(current["optimizer"])
-        if scheduler is not None and current["scheduler"] is not None:
-            scheduler.load_state_dict(current["scheduler"])
-        history, first = list(current["history"]), current["epoch"] + 1
-        print_fn(f"{phase}: resumed after epoch {current['epoch']}")
+        return finished
+    optimizer = settings.make_optimizer(model.parameters())
+    scheduler = settings.make_scheduler(optimizer, epochs)
+    current = _resume_in_progress(run, index, model, generator, optimizer, scheduler, phase,
+                                  print_fn)
+    history = list(current["history"]) if current is not None else []
+    first = current["epoch"] + 1 if current is not None else 1
     loader = train.batches(settings.batch_size, shuffle=True, augment=augment, generator=generator)
     accelerator = TrainingAccelerator.from_settings(settings, train.device, model)
     # Convert the layout before DistributedDataParallel lays out its gradient buckets (after,
@@ -185,10 +174,7 @@ def fit(model: nn.Module, train, monitor, settings: TrainingSettings, *,
             stats.update({f"{monitor_name}_{k}": v for k, v in evaluate(model, monitor).items()},
                          epoch=epoch)
             history.append(stats)
-            print_fn(f"epoch {epoch:3d}/{epochs}  loss {stats['loss']:.4f}  "
-                     f"train acc {stats['train_acc']:.4f}  {monitor_name} acc "
-                     f"{stats[f'{monitor_name}_acc']:.4f}  "
-                     f"{stats['seconds']:.1f}s  ({stats['images_per_s']:.0f} img/s)")
+            print_fn(_epoch_line(stats, epochs, monitor_name))
             if run is not None:
                 run.epoch_done(index, epoch, epochs, model, optimizer, scheduler, generator,
                                history, accelerator_state=accelerator.state_dict())
@@ -199,6 +185,42 @@ def fit(model: nn.Module, train, monitor, settings: TrainingSettings, *,
     if run is not None:
         run.end_phase(index, phase, model, generator, history)
     return history
+
+
+def _epoch_line(stats: dict, epochs: int, monitor_name: str) -> str:
+    return (f"epoch {stats['epoch']:3d}/{epochs}  loss {stats['loss']:.4f}  "
+            f"train acc {stats['train_acc']:.4f}  {monitor_name} acc "
+            f"{stats[f'{monitor_name}_acc']:.4f}  "
+            f"{stats['seconds']:.1f}s  ({stats['images_per_s']:.0f} img/s)")
+
+
+def _replay_finished(run, index: int, model: nn.Module, generator, phase: str,
+                     print_fn) -> Optional[List[dict]]:
+    """A resumed run's phase that had finished: the model (and generator) put in its saved end
+    state, its history returned; None when there is no such phase."""
+    finished = run.finished_phase(index) if run is not None else None
+    if finished is None:
+        return None
+    run.restore(finished, model, generator)
+    run.phases.append(finished)
+    print_fn(f"{phase}: finished before the interruption; continuing from its saved end")
+    return list(finished["history"])
+
+
+def _resume_in_progress(run, index: int, model: nn.Module, generator, optimizer, scheduler,
+                        phase: str, print_fn) -> Optional[dict]:
+    """A resumed run's phase that stopped inside: model, generator, optimizer and schedule put
+    back as saved after its last epoch; the saved state (its ``epoch``, ``history`` and
+    ``accelerator``) returned, or None when there is nothing to resume."""
+    current = run.phase_in_progress(index) if run is not None else None
+    if current is None:
+        return None
+    run.restore(current, model, generator)
+    optimizer.load_state_dict(current["optimizer"])
+    if scheduler is not None and current["scheduler"] is not None:
+        scheduler.load_state_dict(current["scheduler"])
+    print_fn(f"{phase}: resumed after epoch {current['epoch']}")
+    return current
 
 
 def seed_everything(seed: int) -> torch.Generator:
