@@ -31,7 +31,6 @@ import torch.fx
 import torch.nn as nn
 
 from utils.errors import UnsupportedOperation
-from utils.tracing import traced
 
 
 @dataclass
@@ -169,42 +168,6 @@ class DependencyGraph:
     def sets_of(self, use: TensorUse) -> List[int]:
         """The channel set of each index along ``use``'s dimension."""
         return use.sets
-
-
-def as_inputs(model: nn.Module, example_inputs) -> Tuple[torch.Tensor, ...]:
-    """Example inputs as a tuple of tensors on the model's device; a shape (a sequence of ints)
-    means one zero image batch of that shape per sample, batch 1."""
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs.to(device),)
-    if isinstance(example_inputs, (tuple, list)) and example_inputs and all(
-            isinstance(v, int) for v in example_inputs):
-        return (torch.zeros(1, *example_inputs, device=device),)
-    if isinstance(example_inputs, (tuple, list)) and all(isinstance(v, torch.Tensor)
-                                                         for v in example_inputs):
-        return tuple(v.to(device) for v in example_inputs)
-    raise TypeError("example_inputs must be a tensor, a tuple of tensors, or an input shape "
-                    f"(C, H, W); got {type(example_inputs).__name__}")
-
-
-def build_graph(model: nn.Module, example_inputs) -> DependencyGraph:
-    """Trace ``model`` and group its channels, running it once on ``example_inputs`` (a batch,
-    a tuple of them, or an input shape for a zero batch of one). The model is traced in training
-    mode, so branches taken only in training (auxiliary classifiers) are part of the graph, and
-    run in eval mode without gradients."""
-    from pruners.graph.operations import Walk  # the table imports this module's types
-    inputs = as_inputs(model, example_inputs)
-    was_training = model.training
-    model.train()
-    try:
-        graph_module = traced(model)
-        model.eval()
-        with torch.no_grad():
-            graph = Walk(graph_module, model).run(*inputs)
-    finally:
-        model.train(was_training)
-    graph.example_inputs = tuple(x.detach() for x in inputs)
-    return graph
 
 
 def module_order(model: nn.Module) -> Dict[str, int]:
