@@ -3,6 +3,8 @@
     python calFLOP.py --model=lenet_300_100 --dataset=mnist
     python calFLOP.py --load_folder_model=lenet_300_100_songhan_mnist_acc_0.9826_epoch_10 --format=csv
 
+A compressed file (.compressed, pruning.py --quantize) is read as well: its decoded weights.
+
 A pruned (sparse) checkpoint adds Han et al. 2015's Weights%, Act% and FLOP% columns, Act%
 measured on the dataset's first --act_images test images; a compact (FPGM) checkpoint adds its
 original widths' Weights and FLOP and the reduction against them.
@@ -14,6 +16,7 @@ with quiet_interrupt():
 
     import models
     from utils import checkpoints, cli
+    from utils.checkpoints.compressed import load_model_file
     from utils.errors import UserError
     from utils.reporting.counting import DEFAULT_ACTIVATION_IMAGES, is_sparse
     from utils.reporting.tables import RENDERERS, model_table
@@ -39,8 +42,8 @@ def build_table(args) -> dict:
     if args.load_folder_model:
         if args.widths:
             raise UserError("--widths is for a model built from flags; a checkpoint brings its own")
-        loaded = checkpoints.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
-                                            expect_model=args.model, expect_dataset=args.dataset)
+        loaded = load_model_file(args.load_folder_model, args.checkpoint_dir,
+                                 expect_model=args.model, expect_dataset=args.dataset)
         model = checkpoints.build_model(loaded, masks=False)  # counted as stored
         dataset = loaded["dataset"]
     elif not args.model:
