@@ -15,6 +15,7 @@ with quiet_interrupt():
     import sys
 
     import models
+    from models.graph import build_graph
     from utils import checkpoints, cli
     from utils.checkpoints.compressed import load_model_file
     from utils.errors import UserError
@@ -61,7 +62,11 @@ def build_table(args) -> dict:
         images = test.first_images(args.act_images)
 
     recorded = ((loaded or {}).get("pruning") or {}).get("original_widths")
-    table = model_table(model, images, original_widths=recorded)
+    # Han's output-side Act% needs a plain chain: the dependency graph knows (only traced when
+    # the column is measured).
+    chain = (images is not None and
+             not any(group.residual for group in build_graph(model, model.input_shape).groups))
+    table = model_table(model, images, original_widths=recorded, chain=chain)
     table["dataset"] = dataset
     table["checkpoint"] = loaded["path"] if loaded else None
     return table
