@@ -136,6 +136,10 @@ def _not_a_checkpoint(path: Path, exc: Exception) -> str:
                 f"script reads checkpoints only; calFLOP.py and python -m utils.export read "
                 f"compressed files, and {path.name.removesuffix(SUFFIX)}.pt is its pruned "
                 "checkpoint")
+    if path.name.endswith(SUFFIX):
+        return (f"{path} is neither a compressed file (its first bytes are not the format's "
+                f"signature) nor a checkpoint; {expected}, or a compressed file written by "
+                "pruning.py --quantize")
     if path.stat().st_size == 0:
         return f"{path} is empty, not a checkpoint; {expected}"
     if zipfile.is_zipfile(path):
