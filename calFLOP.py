@@ -3,6 +3,8 @@
     python calFLOP.py --model=lenet_300_100 --dataset=mnist
     python calFLOP.py --load_folder_model=lenet_300_100_songhan_mnist_acc_0.9826_epoch_10 --format=csv
 
+A compressed file (.compressed, pruning.py --quantize) is read as well: its decoded weights.
+
 A pruned (sparse) checkpoint adds Han et al. 2015's Weights%, Act% and FLOP% columns, Act%
 measured on the dataset's first --act_images test images; a compact (FPGM) checkpoint adds its
 original widths' Weights and FLOP and the reduction against them.
@@ -14,7 +16,9 @@ with quiet_interrupt():
 
     import models
     import script_setup
+    from pruners.graph import build_graph
     from utils import checkpoints, cli
+    from utils.checkpoints.compressed import load_model_file
     from utils.errors import UserError
     from utils.reporting.counting import DEFAULT_ACTIVATION_IMAGES, is_sparse
     from utils.reporting.tables import RENDERERS, model_table
@@ -40,8 +44,8 @@ def build_table(args) -> dict:
     if args.load_folder_model:
         if args.widths:
             raise UserError("--widths is for a model built from flags; a checkpoint brings its own")
-        loaded = checkpoints.load_checkpoint(args.load_folder_model, args.checkpoint_dir,
-                                            expect_model=args.model, expect_dataset=args.dataset)
+        loaded = load_model_file(args.load_folder_model, args.checkpoint_dir,
+                                 expect_model=args.model, expect_dataset=args.dataset)
         model = checkpoints.build_model(loaded, masks=False)  # counted as stored
         dataset = loaded["dataset"]
     elif not args.model:
@@ -59,7 +63,11 @@ def build_table(args) -> dict:
         images = test.first_images(args.act_images)
 
     recorded = ((loaded or {}).get("pruning") or {}).get("original_widths")
-    table = model_table(model, images, original_widths=recorded)
+    # Han's output-side Act% needs a plain chain: the dependency graph knows (only traced when
+    # the column is measured).
+    chain = (images is not None and
+             not any(group.residual for group in build_graph(model, model.input_shape).groups))
+    table = model_table(model, images, original_widths=recorded, chain=chain)
     table["dataset"] = dataset
     table["checkpoint"] = loaded["path"] if loaded else None
     return table

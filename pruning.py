@@ -221,6 +221,24 @@ def main(argv=None):
     saved = distributed.on_main(lambda: save_once(run, checkpoint, Path(args.checkpoint_dir) / name))
     run.track("pruned_checkpoint", lambda: str(saved), lambda _: None)
     distributed.check_same_weights(model)
+
+    # Deployed too where filters were removed from a conv net: BatchNorm's passes and contiguous
+    # convs' layout reorders shrink with the width only, so eager timing understates the gain.
+    # Timed on a copy: the compression step below needs the model with its masks.
+    timed = make_permanent(detached_copy(model))
+    deployed = pruner.structured and differs_for_deployment(timed)
+    speed = distributed.on_main(partial(measure_speed, original, pruner.inference_model(timed),
+                                        test, args, deployed))
+    del original, timed
+    before.update(speed["before"])
+    after.update(speed["after"])
+    # The checkpoint's last write: every size printed or recorded from here on is this file's.
+    # (The compression figures below stay out of it: written in, they would change the size
+    # they report.)
+    distributed.on_main(lambda: checkpoints.update_metrics(checkpoint, saved, metrics))
+    sizes = distributed.on_main(lambda: {"before": os.path.getsize(parent["path"]),
+                                         "after": os.path.getsize(saved)})
+
     # Weight sharing, the compressed file and --export (pruners/quantization.py), on a copy;
     # under torchrun rank 0 does them alone.
     metrics.update(distributed.on_main(lambda: compress_and_export(
@@ -228,20 +246,7 @@ def main(argv=None):
     metrics_file = run.finish(saved)
     if metrics_file:
         print(f"per-epoch figures: {metrics_file}")
-
     make_permanent(model)
-    # Deployed too where filters were removed from a conv net: BatchNorm's passes and contiguous
-    # convs' layout reorders shrink with the width only, so eager timing understates the gain.
-    deployed = pruner.structured and differs_for_deployment(model)
-    speed = distributed.on_main(partial(measure_speed, original, pruner.inference_model(model),
-                                        test, args, deployed))
-    del original
-    before.update(speed["before"])
-    after.update(speed["after"])
-    distributed.on_main(lambda: checkpoints.update_metrics(checkpoint, saved, metrics))
-
-    sizes = distributed.on_main(lambda: {"before": os.path.getsize(parent["path"]),
-                                         "after": os.path.getsize(saved)})
     claimed = (pruner.metadata().get("flops") or {}).get("paper_counting")
     print_report(before, after, train_seconds, sizes, saved, pruner.structured, claimed)
     return {**metrics, "sizes": sizes, "path": str(saved)}

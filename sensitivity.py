@@ -78,6 +78,9 @@ def get_args_parser():
                         help="CSV of (layer, rate, top1, loss); default "
                              "results/sensitivity_<model>_<method>.csv, with the plot (.png) and "
                              "the proposed rates (.json) beside it")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the CSV, plot and rates of an earlier analysis at --output; "
+                             "by default a taken name gets the next free _2, _3, ... for all three")
     parser.add_argument("--no_progress", action="store_true", help="hide the progress bar")
     group = parser.add_argument_group("device and threads")
     group.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -100,6 +103,20 @@ def validation_split(args, loaded, train):
     _, val = split_validation(train, args.val_split, args.seed)
     return val, (f"{len(val):,} training images (--val_split={args.val_split}; the model trained "
                  "on them, so the curves are optimistic)")
+
+
+OUTPUT_SUFFIXES = (".csv", ".json", ".png")  # the curves, the proposed rates, the plot
+
+
+def output_path(requested: Path, overwrite: bool) -> Path:
+    """The CSV path to write, its .json and .png beside it: ``requested`` unless one of the
+    three is there already (a file this run did not create), then the first _2, _3, ... whose
+    three are all free, as checkpoints are named; ``overwrite`` keeps ``requested``."""
+    candidate, number = requested, 2
+    while not overwrite and any(candidate.with_suffix(s).exists() for s in OUTPUT_SUFFIXES):
+        candidate = requested.with_name(f"{requested.stem}_{number}{requested.suffix}")
+        number += 1
+    return candidate
 
 
 def to_csv(rows) -> str:
@@ -133,19 +150,21 @@ def main(argv=None):
           f"({args.method}), evaluated on {source}")
     rows = analysis.run(val, args.rates, progress=not args.no_progress)
 
-    write_text(output, to_csv(rows))
+    # Everything is computed before the first file is written: a failure leaves none of them.
     rates, how = propose(rows, args.max_drop, args.target_compression)
-    rates_path = output.with_suffix(".json")
-    write_text(rates_path, json.dumps(rates, indent=2) + "\n")
-    plot_path = output.with_suffix(".png")
+    output = output_path(output, args.overwrite)
+    rates_path, plot_path = output.with_suffix(".json"), output.with_suffix(".png")
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as pyplot
     except ImportError:
         plot_path = None
-    if plot_path is not None:
-        figure = plot(rows, plot_path, f"{model_name}, {args.method}, no retraining", pyplot)
+    figure = (plot(rows, plot_path, f"{model_name}, {args.method}, no retraining", pyplot)
+              if plot_path is not None else None)
+    write_text(output, to_csv(rows))
+    write_text(rates_path, json.dumps(rates, indent=2) + "\n")
+    if figure is not None:
         with atomic_write(plot_path) as f:
             figure.savefig(f, format="png", dpi=120)
         pyplot.close(figure)

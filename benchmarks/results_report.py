@@ -194,7 +194,11 @@ def deep_compression_section(found: Dict[str, dict]) -> List[str]:
         if experiment.study != "deep_compression" or record is None or "compression" not in record:
             continue
         c, paper = record["compression"], DEEP_COMPRESSION_PAPER.get(record["model"], {})
-        dense = c["sizes"]["dense"]
+        # The pruned stage is the checkpoint file as the record found it on disk: pruning.py
+        # rewrote it with its final metrics after the compression step measured it, so records
+        # before that was fixed hold an earlier, smaller size in ``compression``.
+        sizes = {**c["sizes"], "pruned": record.get("checkpoint_bytes", c["sizes"]["pruned"])}
+        dense = sizes["dense"]
         run = experiment.title.replace(" Deep Compression", "")  # two LeNet-5 runs: say which
         stages = [("dense float32 weights", "dense", paper.get("dense", NA),
                    f"{c['dense_parameters']:,} parameters x 4 bytes"),
@@ -205,8 +209,8 @@ def deep_compression_section(found: Dict[str, dict]) -> List[str]:
                    f"`{Path(c['path']).name}`, decoded bit-exact")]
         for label, key, theirs, what in stages:
             acc = c["accuracy"].get(key)
-            rows.append([run, label, f"{c['sizes'][key]:,}",
-                         f"{dense / c['sizes'][key]:.1f}x", NA if acc is None else f"{acc:.2%}",
+            rows.append([run, label, f"{sizes[key]:,}",
+                         f"{dense / sizes[key]:.1f}x", NA if acc is None else f"{acc:.2%}",
                          theirs, what])
         target = paper.get("target")
         ratio, drop = c["ratio"], c["accuracy"]["huffman"] - c["accuracy"]["pruned"]

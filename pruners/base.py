@@ -135,31 +135,66 @@ class Pruner:
         return model
 
 
-def parse_layer_rates(text: str) -> Dict[str, float]:
-    """--layer_rates: NAME=RATE,NAME=RATE... or a JSON (or, with PyYAML installed, YAML) file
-    holding a {name: rate} mapping; every rate in [0, 1)."""
-    if text.endswith((".json", ".yaml", ".yml")):
-        path = Path(text)
+def _read_rates_file(path: Path) -> list:
+    """(name, rate) pairs of a JSON or YAML file, in the file's order, duplicates kept (the
+    caller refuses them: json and yaml would keep the last silently)."""
+    try:
+        content = path.read_text()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {path} ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise argparse.ArgumentTypeError(f"{path} is not a text file; --layer_rates expects a "
+                                         f"{path.suffix[1:].upper()} mapping of layer names to "
+                                         "rates") from None
+    kind = "JSON" if path.suffix == ".json" else "YAML"
+    if kind == "JSON":
+        pairs = []
+
+        def keep_pairs(items):  # every key of every object, in order: duplicates stay visible
+            pairs.append(items)
+            return dict(items)
         try:
-            content = path.read_text()
-        except OSError as exc:
-            raise argparse.ArgumentTypeError(f"cannot read {path} ({exc.strerror})") from None
-        try:
-            if path.suffix == ".json":
-                mapping = json.loads(content)
-            else:
-                try:
-                    import yaml
-                except ImportError:
-                    raise argparse.ArgumentTypeError(f"{path} is YAML: pip install pyyaml, or give "
-                                                     "the rates as JSON or NAME=RATE,...") from None
-                mapping = yaml.safe_load(content)
+            mapping = json.loads(content, object_pairs_hook=keep_pairs)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{path} is not valid {path.suffix[1:].upper()} "
+            raise argparse.ArgumentTypeError(f"{path} is not valid JSON "
                                              f"({str(exc).splitlines()[0]})") from None
         if not isinstance(mapping, dict):
             raise argparse.ArgumentTypeError(f"{path} must hold a mapping of layer names to rates")
-        items = list(mapping.items())
+        return pairs[-1]  # the outermost object is built last
+    try:
+        import yaml
+    except ImportError:
+        raise argparse.ArgumentTypeError(f"{path} is YAML: pip install pyyaml, or give the rates "
+                                         "as JSON or NAME=RATE,...") from None
+
+    class PairsLoader(yaml.SafeLoader):
+        """safe_load, but a mapping comes back as its (key, value) pairs, so a key given twice
+        is seen rather than silently overwritten."""
+
+    class Pairs(list):
+        """A YAML mapping's pairs (a YAML sequence stays a plain list)."""
+
+    def pairs_of(loader, node):
+        return Pairs((loader.construct_object(k, deep=True), loader.construct_object(v, deep=True))
+                     for k, v in node.value)
+    PairsLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, pairs_of)
+    try:
+        mapping = yaml.load(content, Loader=PairsLoader)
+    except yaml.YAMLError as exc:  # not a ValueError: a parser's own exception
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise argparse.ArgumentTypeError(f"{path} is not valid YAML ({problem}{at})") from None
+    if not isinstance(mapping, Pairs):
+        raise argparse.ArgumentTypeError(f"{path} must hold a mapping of layer names to rates")
+    return mapping
+
+
+def parse_layer_rates(text: str) -> Dict[str, float]:
+    """--layer_rates: NAME=RATE,NAME=RATE... or a JSON (or, with PyYAML installed, YAML) file
+    holding a {name: rate} mapping; every rate in [0, 1), every name once."""
+    if text.endswith((".json", ".yaml", ".yml")):
+        items = _read_rates_file(Path(text))
     else:
         items = []
         for part in filter(None, (p.strip() for p in text.split(","))):
@@ -169,13 +204,19 @@ def parse_layer_rates(text: str) -> Dict[str, float]:
             items.append((name.strip(), value.strip()))
     rates = {}
     for name, value in items:
+        name = str(name)
+        if name in rates:  # two rates for one layer: which one was meant cannot be known
+            raise argparse.ArgumentTypeError(f"{name} is given twice (rates {rates[name]:g} and "
+                                             f"{value}); give each layer once")
+        if isinstance(value, bool):  # YAML reads yes/no/on/off as booleans, float() as 1/0
+            raise argparse.ArgumentTypeError(f"the rate of {name} is not a number: {value!r}")
         try:
             rate = float(value)
         except (TypeError, ValueError):
             raise argparse.ArgumentTypeError(f"the rate of {name} is not a number: {value!r}") from None
         if not 0 <= rate < 1:
             raise argparse.ArgumentTypeError(f"the rate of {name} must be in [0, 1), got {value}")
-        rates[str(name)] = rate
+        rates[name] = rate
     if not rates:
         raise argparse.ArgumentTypeError("no NAME=RATE pairs given")
     return rates

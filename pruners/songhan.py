@@ -352,6 +352,15 @@ class SongHanPruner(Pruner):
         reached would prune nothing and is refused before any retraining; so are per-layer rates
         for layers the model does not have."""
         layers = [name for name, _ in weight_layers(model)]
+        modules = dict(model.named_modules())
+        # A module that exists but holds no conv/linear weights (a BatchNorm, an activation, a
+        # block) would take the rate and prune nothing: say what it is rather than "no layer".
+        never = [f"{name} ({type(modules[name]).__name__})" for name in self.layer_rates
+                 if name in modules and name not in layers]
+        if never:
+            raise UserError(f"--layer_rates names {', '.join(never)}, which songhan never prunes: "
+                            f"it prunes the weights of conv and linear layers only "
+                            f"({', '.join(layers)})")
         unknown = [name for name in self.layer_rates if name not in layers]
         if unknown:
             raise UserError(f"--layer_rates names no layer of {type(model).__name__}: "

@@ -54,7 +54,7 @@ def test_missing_checkpoint_lists_what_the_folder_holds(tmp_path):
 
 def test_corrupt_file_is_a_user_error(tmp_path):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="not a readable checkpoint"):
+    with pytest.raises(UserError, match=r"bad.pt is not a checkpoint \(not a torch.save archive\); expected a checkpoint written by baseline.py"):
         checkpoints.load_checkpoint("bad", tmp_path)
 
 

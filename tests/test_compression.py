@@ -3,6 +3,7 @@ Huffman coding (pruners/quantization.py, utils/checkpoints/compressed.py). Exact
 import json
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -378,7 +379,9 @@ def test_pruning_quantize_writes_a_bit_exact_compressed_file(trained_checkpoint,
     for key in pruned["masks"]:
         assert torch.equal(pruned["masks"][key], loaded["masks"][key])
     assert model.config() == pruned["config"]
-    assert pruned["metrics"]["compression"]["path"] == figures["path"]
+    # The pruned stage is the checkpoint as it stays on disk, in the figures and as printed
+    assert sizes["pruned"] == Path(result["path"]).stat().st_size == result["sizes"]["after"]
+    assert f"{sizes['pruned']:>11,}" in out.split("pruned + quantized")[0]
 
 
 def test_a_quantize_option_implies_quantize_and_bad_bits_exit_2(capsys):

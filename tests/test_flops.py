@@ -75,8 +75,11 @@ def test_flops_equal_flop_counter_mode(name, input_shape):
                     if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)) for p in m.parameters())
     assert table["batchnorm_parameters"] == batchnorm
     assert table["total"]["weights"] + batchnorm == sum(p.numel() for p in model.parameters())
+    # the whole count is printed, so no reader has to add the two
+    assert table["parameters"] == sum(p.numel() for p in model.parameters())
     if batchnorm:
-        assert f"BatchNorm: {batchnorm:,} parameters" in render_markdown(table)
+        assert (f"Parameters: {table['parameters']:,} in all, the rows' {table['total']['weights']:,} "
+                f"weights and biases plus BatchNorm's {batchnorm:,}") in render_markdown(table)
 
 
 @pytest.mark.parametrize("name", models.model_names())
@@ -153,7 +156,7 @@ def test_act_percent_is_read_after_relu_and_pooling():
     with torch.no_grad():
         model.conv1.weight.zero_()
         model.conv1.bias.fill_(-1.0)
-    table = flop_table(model, MNIST, images=torch.randn(4, *MNIST))
+    table = flop_table(model, MNIST, images=torch.randn(4, *MNIST), chain=True)
     rows = {row["layer"]: row for row in table["layers"]}
     assert rows["conv1"]["act_density"] == 0.0
     assert rows["conv1"]["flop_density"] == 0.0  # its own weights are all zero

@@ -11,6 +11,7 @@ torch.load(weights_only=True) and checked against its own config; written atomic
 (utils/files.py), never over another checkpoint unless asked.
 """
 import glob
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -124,6 +125,31 @@ def _check_config(checkpoint: dict, path: Path) -> dict:
     return config
 
 
+def _not_a_checkpoint(path: Path, exc: Exception) -> str:
+    """The one line for a file torch.load(weights_only=True) refused."""
+    import zipfile
+    from utils.checkpoints.compressed import SUFFIX, is_compressed
+    expected = ("expected a checkpoint written by baseline.py or pruning.py (torch.save of a "
+                "checkpoint dict, read with weights_only=True)")
+    if is_compressed(path):
+        return (f"{path} is a compressed file (pruning.py --quantize), not a checkpoint: this "
+                f"script reads checkpoints only; calFLOP.py and python -m utils.export read "
+                f"compressed files, and {path.name.removesuffix(SUFFIX)}.pt is its pruned "
+                "checkpoint")
+    if path.name.endswith(SUFFIX):
+        return (f"{path} is neither a compressed file (its first bytes are not the format's "
+                f"signature) nor a checkpoint; {expected}, or a compressed file written by "
+                "pruning.py --quantize")
+    if path.stat().st_size == 0:
+        return f"{path} is empty, not a checkpoint; {expected}"
+    if zipfile.is_zipfile(path):
+        if isinstance(exc, __import__("pickle").UnpicklingError):
+            return (f"{path} holds pickled Python objects besides tensors and plain values (a "
+                    f"whole module?), which this toolkit never unpickles; {expected}")
+        return f"{path} is a damaged torch archive ({type(exc).__name__}); {expected}"
+    return f"{path} is not a checkpoint (not a torch.save archive); {expected}"
+
+
 def load_checkpoint(name_or_path: str, checkpoint_dir=DEFAULT_DIR, expect_model: Optional[str] = None,
                     expect_dataset: Optional[str] = None) -> dict:
     """The checkpoint dict with its state_dict decoded to dense tensors, its masks under
@@ -133,11 +159,13 @@ def load_checkpoint(name_or_path: str, checkpoint_dir=DEFAULT_DIR, expect_model:
     try:
         # Files written before torch_version was stored as a plain str hold a TorchVersion, a str
         # subclass with no code of its own: allowing it keeps them readable.
-        with torch.serialization.safe_globals([TorchVersion]):
+        with torch.serialization.safe_globals([TorchVersion]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns of foreign pickles before refusing them
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}: {first_line})")
+        # torch's own message advises weights_only=False, an unsafe load: say instead what the
+        # file is not and what was expected.
+        raise UserError(_not_a_checkpoint(path, exc)) from None
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path} is not a checkpoint of this toolkit (not a dict)")
     model_name = _check_config(checkpoint, path)["model"]

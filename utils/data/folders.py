@@ -4,7 +4,9 @@ train/ and val/, each with the same class sub-folders (ImageNet's validation ima
 class folders, as torchvision's references expect).
 
 Nothing here is downloaded (ImageNet's licence does not allow it) and nothing is held in memory:
-the splits stream (stream.py).
+the splits stream (stream.py). Every file's first bytes are checked while the folders are indexed
+(an empty file or one that is no image format is one line before training); a file that passes
+but fails to decode is named in one line when it is read (stream.py's UnreadableImage).
 """
 import os
 from dataclasses import dataclass
@@ -68,6 +70,39 @@ def folder_spec(name: str, data_dir, image_size: int = DEFAULT_IMAGE_SIZE) -> Fo
     return FolderSpec(name, (3, image_size, image_size), len(train), train)
 
 
+# The first bytes of every format ImageFolder's extensions name (JPEG, PNG, BMP, TIFF, WebP,
+# PPM/PGM), checked while the folder is indexed: a text file named .png or a zero-byte .jpg is
+# then one line before training rather than a PIL traceback in a worker some epochs in. Any
+# format's signature is accepted under any extension, as PIL decodes by content.
+_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*",
+               b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"GIF87a", b"GIF89a")
+
+
+def _not_an_image(path: str) -> str:
+    """Why the file at ``path`` cannot be an image, or '' when its first bytes are an image
+    format's signature (it may still be damaged further in: stream.py names such a file when
+    it fails to decode)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if not head:
+        return "is empty (zero bytes)"
+    if head.startswith(_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
+        return ""
+    return "is not an image (its first bytes are no JPEG, PNG, BMP, TIFF, WebP, GIF or PPM signature)"
+
+
+def check_image_files(paths) -> None:
+    """One UserError naming the first file that is not an image (and how many more there are)."""
+    bad = [(path, why) for path in paths for why in [_not_an_image(path)] if why]
+    if bad:
+        path, why = bad[0]
+        more = f" ({len(bad) - 1} more files like it)" if len(bad) > 1 else ""
+        raise UserError(f"{path} {why}{more}; remove or replace it")
+
+
 def _image_folder(folder: Path, expected: Tuple[str, ...]) -> torchvision.datasets.ImageFolder:
     try:
         dataset = torchvision.datasets.ImageFolder(str(folder))
@@ -78,6 +113,7 @@ def _image_folder(folder: Path, expected: Tuple[str, ...]) -> torchvision.datase
         missing = sorted(set(expected) - set(dataset.classes))
         raise UserError(f"{folder}: no images in {', '.join(missing[:5])}; every class folder "
                         "needs at least one image")
+    check_image_files(path for path, _ in dataset.samples)
     return dataset
 
 

@@ -70,6 +70,25 @@ def folder_transforms(size: int) -> Tuple[Callable, Callable]:
     return training, evaluation
 
 
+class UnreadableImage(UserError):
+    """An image file that does not decode, raised by the worker that read it. A DataLoader
+    worker's exception reaches the main process rebuilt from a text that holds the worker's
+    traceback ("Caught UnreadableImage in DataLoader worker process 0 ... Original Traceback
+    ..."), with the original message on its last line: only that line is kept, so the error
+    stays one line with any number of workers."""
+
+    def __init__(self, message: str):
+        if message.startswith("Caught "):
+            last = message.strip().splitlines()[-1]
+            message = last.partition(f"{type(self).__name__}: ")[2] or last
+        super().__init__(message)
+
+
+def _item_path(base: Dataset, index: int) -> str:
+    samples = getattr(base, "samples", None)  # ImageFolder's (path, label) list
+    return str(samples[index][0]) if samples is not None else f"item {index}"
+
+
 class _Transformed(Dataset):
     """``base``'s items at ``indices``, transformed; what the DataLoader's workers read."""
 
@@ -80,7 +99,14 @@ class _Transformed(Dataset):
         return len(self.indices)
 
     def __getitem__(self, position):
-        image, label = self.base[int(self.indices[position])]
+        index = int(self.indices[position])
+        try:
+            image, label = self.base[index]
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for bytes it cannot decode
+            detail = " ".join(str(exc).split())[:200]
+            raise UnreadableImage(f"{_item_path(self.base, index)} cannot be read as an image "
+                                  f"({type(exc).__name__}: {detail}); remove or replace "
+                                  "it") from None
         return self.transform(image), label
 
 

@@ -13,13 +13,16 @@ from utils.reporting.counting import (FLOP_CONVENTION, activation_density, batch
 # --- The table calFLOP.py prints, as plain JSON-able data ------------------------------------
 
 def flop_table(model: nn.Module, input_shape, images: Optional[torch.Tensor] = None,
-               original: Optional[nn.Module] = None) -> dict:
+               original: Optional[nn.Module] = None, chain: Optional[bool] = None) -> dict:
     """Per-layer Weights / FLOP / Nonzero / MACs of ``model`` with a Total row, as a dict that
     json.dumps takes and the renderers below print.
 
     ``images``: test images to measure Act% on; when given, the table has Han's Weights%, Act%
     and FLOP% columns. ``original``: the same class at its original widths; when given (a
-    compact FPGM model), each row has the original Weights and FLOP to compare against."""
+    compact FPGM model), each row has the original Weights and FLOP to compare against.
+    ``chain``: whether the model is a plain chain of layers (no residual adds), which the caller
+    knows from its dependency graph (utils/ does not trace models); Han's output-side Act% is
+    only defined for a chain, so None (not known) measures what each layer reads."""
     stats = layer_stats(model, input_shape)
     rows = [{"layer": s.name, "weights": s.weights, "flops": s.flops, "nonzero": s.nonzero,
              "macs": s.macs, "nonzero_flops": s.nonzero_flops} for s in stats]
@@ -27,13 +30,11 @@ def flop_table(model: nn.Module, input_shape, images: Optional[torch.Tensor] = N
     for key in ("weights", "flops", "nonzero", "macs", "nonzero_flops"):
         total[key] = sum(row[key] for row in rows)
 
-    chain = True
+    chain = bool(chain)
     if images is not None:
         # Han's Act% (a layer's output where the next layer reads it) assumes a plain chain;
         # with shortcuts the column shows what each layer itself reads, and FLOP% always uses
         # that: a multiply is skipped when the weight or the value it multiplies is zero.
-        from pruners.graph import build_graph  # temporary: the caller will say (issue 19)
-        chain = not any(group.residual for group in build_graph(model, input_shape).groups)
         reads = input_density(model, images)
         act = activation_density(model, images) if chain else {s.name: reads[s.name] for s in stats}
         # FLOPs come from the weight tensor alone (biases are added, not multiplied), so FLOP%
@@ -65,6 +66,9 @@ def flop_table(model: nn.Module, input_shape, images: Optional[torch.Tensor] = N
         "original_widths": list(original.widths) if original is not None else None,
         "activation_images": len(images) if images is not None else None,
         "batchnorm_parameters": batchnorm_parameters(model),
+        # Every parameter of the model (the rows' weights and biases, BatchNorm's scale and
+        # shift, any other): the count papers quote, so no reader has to add.
+        "parameters": sum(p.numel() for p in model.parameters()),
         "act_of": "output" if chain else "input",
         "flop_convention": FLOP_CONVENTION,
         "layers": rows,
@@ -155,11 +159,23 @@ def render_markdown(table: dict) -> str:
                      f"in what the layer reads (a network with shortcuts is not a chain, so Han et "
                      f"al.'s output-side Act% is not defined), over {table['activation_images']:,} "
                      f"test images; FLOP% = weight density x Act% (input image dense).")
+    parameters = all_parameters(table)
     if table.get("batchnorm_parameters"):
-        notes.append(f"BatchNorm: {table['batchnorm_parameters']:,} parameters (scale and shift) "
-                     "besides the rows' weights; no FLOP counted for them.")
+        notes.append(f"Parameters: {parameters:,} in all, the rows' {total['weights']:,} weights "
+                     f"and biases plus BatchNorm's {table['batchnorm_parameters']:,} (scale and "
+                     "shift; no FLOP counted for them).")
+    else:
+        notes.append(f"Parameters: {parameters:,} in all (the rows' weights and biases).")
     notes.append(f"{table['flop_convention']}.")
     return text + "\n\n" + "\n".join(notes) + "\n"
+
+
+def all_parameters(table: dict) -> int:
+    """The model's whole parameter count; tables recorded before it was stored: the rows'
+    weights and biases plus BatchNorm's, all that the registered models hold."""
+    if table.get("parameters") is not None:
+        return table["parameters"]
+    return table["total"]["weights"] + (table.get("batchnorm_parameters") or 0)
 
 
 def render_csv(table: dict) -> str:
@@ -184,10 +200,10 @@ RENDERERS = {"markdown": render_markdown, "csv": render_csv, "json": render_json
 
 
 def model_table(model: nn.Module, images: Optional[torch.Tensor] = None,
-                original_widths=None) -> dict:
+                original_widths=None, chain: Optional[bool] = None) -> dict:
     """calFLOP.py's table for a model as it stands: Han's columns when it is sparse and test
     ``images`` are given, the original widths' figures when it is compact (``original_widths``:
     those the pruning started from, as its checkpoint records; default the architecture's)."""
     images = images if images is not None and is_sparse(model) else None
     return flop_table(model, model.input_shape, images=images,
-                      original=original_of(model, original_widths))
+                      original=original_of(model, original_widths), chain=chain)
