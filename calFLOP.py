@@ -18,7 +18,7 @@ with quiet_interrupt():
     import script_setup
     from pruners.graph import build_graph
     from utils import checkpoints, cli
-    from utils.checkpoints.compressed import load_model_file
+    from utils.checkpoints.store import load_model_file
     from utils.errors import UserError
     from utils.reporting.counting import DEFAULT_ACTIVATION_IMAGES, is_sparse
     from utils.reporting.tables import RENDERERS, model_table

@@ -8,6 +8,11 @@ import pkgutil
 
 from models.registry import create_model, model_class, model_names, register_model  # noqa: F401
 from models.base import PrunableNet, weight_layers  # noqa: F401
+from utils.checkpoints.builders import BUILDERS
+
+# Files name a registered model by its config; utils builds it through this entry (utils never
+# imports models).
+BUILDERS.add("registered", lambda name, kwargs: create_model(name, **kwargs))
 
 # Every module of this folder is imported, so a new file's @register_model takes effect without
 # an import list to forget (models/ holds only model code; importing a module has no other

@@ -14,6 +14,7 @@ class ZeroPadShortcut(nn.Module):
     padding as channel-preserving by accident."""
 
     fx_leaf = True
+    width_attributes = ("extra_channels",)  # compaction sets it (pruners/compact.py)
 
     def __init__(self, stride: int, extra_channels: int):
         super().__init__()

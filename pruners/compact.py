@@ -22,10 +22,12 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set
 import torch
 import torch.nn as nn
 
-from models.layers import ZeroPadShortcut
 from pruners.graph import DependencyGraph, Group, build_graph
 from utils.errors import UnsupportedOperation, UserError
-from utils.masks import detached_copy, make_permanent
+from utils.masks import (MaskedNormalization, detached_copy, make_permanent,  # noqa: F401
+                         normalization_masks, set_normalization_mask)
+from utils.structure import (apply_structure, followed_attributes, set_tensor,  # noqa: F401
+                             shapes as _shapes, structure)
 
 # BatchNorm's running statistics describe the channel, they do not compute it: a zeroed channel
 # keeps them (its scale and shift are zero, so its output is zero whatever they are).
@@ -102,48 +104,6 @@ def channel_masks(model: nn.Module, graph: DependencyGraph, sets: Set[int]) -> D
     return masks
 
 
-class MaskedNormalization:
-    """Forward hook of a LayerNorm-like module: normalises dimension ``dim`` of its input over
-    the kept channels only, as the compact model's smaller LayerNorm will; removed channels
-    output zero. torch's layer_norm has no mask argument, hence the recomputation."""
-
-    def __init__(self, dim: int, keep: torch.Tensor):
-        self.dim = dim
-        self.keep = keep.bool()
-
-    def __call__(self, module: nn.Module, inputs, output):
-        x = inputs[0].movedim(self.dim, -1)
-        keep = self.keep.to(device=x.device, dtype=x.dtype)
-        count = keep.sum()
-        mean = (x * keep).sum(-1, keepdim=True) / count
-        var = (((x - mean) * keep) ** 2).sum(-1, keepdim=True) / count
-        y = (x - mean) * torch.rsqrt(var + module.eps)
-        if getattr(module, "weight", None) is not None:
-            y = y * module.weight
-        if getattr(module, "bias", None) is not None:
-            y = y + module.bias
-        return (y * keep).movedim(-1, self.dim)
-
-
-def normalization_masks(model: nn.Module) -> Dict[str, List[bool]]:
-    """Module name -> keep list of every masked normalisation (what a checkpoint records)."""
-    found = {}
-    for name, module in model.named_modules():
-        for hook in module._forward_hooks.values():
-            if isinstance(hook, MaskedNormalization):
-                found[name] = {"dim": hook.dim, "keep": hook.keep.tolist()}
-    return found
-
-
-def set_normalization_mask(module: nn.Module, dim: int, keep: Optional[Sequence[bool]]) -> None:
-    """Replace ``module``'s masked normalisation (None: remove it)."""
-    for key, hook in list(module._forward_hooks.items()):
-        if isinstance(hook, MaskedNormalization):
-            del module._forward_hooks[key]
-    if keep is not None and not all(keep):
-        module.register_forward_hook(MaskedNormalization(dim, torch.tensor(list(keep))))
-
-
 def mask_normalizations(model: nn.Module, graph: DependencyGraph, sets: Set[int]) -> None:
     """Every normalisation whose statistics span a channel of ``sets`` normalises over the kept
     channels only (sets accumulate: a channel once masked stays out)."""
@@ -181,38 +141,6 @@ def group_rows(model: nn.Module, graph: DependencyGraph, group: Group) -> torch.
 
 
 # ---- surgery ---------------------------------------------------------------------------------------
-
-def _set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
-    if name in module._parameters:
-        old = module._parameters[name]
-        module._parameters[name] = nn.Parameter(value, requires_grad=old.requires_grad)
-    else:
-        module._buffers[name] = value
-
-
-def _shapes(module: nn.Module) -> Dict[str, List[int]]:
-    tensors = dict(module.named_parameters(recurse=False))
-    tensors.update(module.named_buffers(recurse=False))
-    return {name: list(t.shape) for name, t in tensors.items() if t is not None}
-
-
-# Attributes compaction sets, by class: what a checkpoint records and a loader restores.
-FOLLOWED_ATTRIBUTES = {
-    nn.modules.conv._ConvNd: ("in_channels", "out_channels", "groups"),
-    nn.Linear: ("in_features", "out_features"),
-    nn.modules.batchnorm._BatchNorm: ("num_features",),
-    nn.GroupNorm: ("num_channels", "num_groups"),
-    nn.LayerNorm: ("normalized_shape",),
-    ZeroPadShortcut: ("extra_channels",),
-}
-
-
-def followed_attributes(module: nn.Module) -> Sequence[str]:
-    for cls, names in FOLLOWED_ATTRIBUTES.items():
-        if isinstance(module, cls):
-            return names
-    return ()
-
 
 def follow_tensors(name: str, module: nn.Module, before: Dict[str, List[int]],
                    normalized: Optional[int] = None) -> None:
@@ -281,7 +209,7 @@ def compact_model(model: nn.Module, pruned: Dict[str, Sequence[int]],
         if len(positions) == tensor.shape[use.dim]:
             continue
         index = torch.tensor(positions, dtype=torch.long, device=tensor.device)
-        _set_tensor(module, tensor_name, tensor.index_select(use.dim, index).clone())
+        set_tensor(module, tensor_name, tensor.index_select(use.dim, index).clone())
     normalized = {n.module: sum(s not in gone for s in n.sets) for n in graph.normalizations}
     for name, module in modules.items():
         if _shapes(module) != before[name] or (
@@ -295,57 +223,6 @@ def compact_model(model: nn.Module, pruned: Dict[str, Sequence[int]],
                              for layer, channel in small.width_groups())
     small.train(model.training)
     return small
-
-
-def structure(original: nn.Module, compact: nn.Module) -> Dict[str, dict]:
-    """What compaction changed, per module: its class, its tensors' shapes and followed
-    attributes. JSON-able; ``apply_structure`` makes an unpruned model the compact one."""
-    before = dict(original.named_modules())
-    changed = {}
-    for name, module in compact.named_modules():
-        shapes = _shapes(module)
-        old = before.get(name)
-        if old is None:
-            continue
-        attributes = {a: _plain(getattr(module, a)) for a in followed_attributes(module)}
-        old_attributes = {a: _plain(getattr(old, a)) for a in followed_attributes(old)}
-        if shapes != _shapes(old) or attributes != old_attributes:
-            changed[name] = {"type": type(module).__name__, "shapes": shapes,
-                             "attributes": attributes}
-    return changed
-
-
-def _plain(value):
-    return list(value) if isinstance(value, tuple) else value
-
-
-@torch.no_grad()
-def apply_structure(model: nn.Module, changes: Dict[str, dict], source: str = "the checkpoint") -> nn.Module:
-    """Shrink ``model`` (unpruned, freshly built) in place to the structure ``changes`` records:
-    new empty tensors of the recorded shapes (a state_dict fills them) and the recorded
-    attributes. A structure that does not fit the model is one UserError."""
-    modules = dict(model.named_modules())
-    for name, change in changes.items():
-        module = modules.get(name)
-        if module is None or type(module).__name__ != change.get("type"):
-            found = "nothing" if module is None else type(module).__name__
-            raise UserError(f"{source} records a pruned {change.get('type')} at {name or 'the root'}, "
-                            f"but the model built from it has {found} there: the file does not "
-                            "belong to this model")
-        current = _shapes(module)
-        for tensor, shape in change.get("shapes", {}).items():
-            if tensor not in current or len(current[tensor]) != len(shape):
-                raise UserError(f"{source}: {name}.{tensor} has shape {shape}, which the model "
-                                f"built from it cannot take ({current.get(tensor)})")
-            if current[tensor] != shape:
-                old = getattr(module, tensor)
-                _set_tensor(module, tensor, torch.zeros(shape, dtype=old.dtype, device=old.device))
-        for attribute, value in change.get("attributes", {}).items():
-            if attribute not in followed_attributes(module):
-                raise UserError(f"{source}: {name} records attribute {attribute}, which the "
-                                f"toolkit does not set on a {type(module).__name__}")
-            setattr(module, attribute, tuple(value) if isinstance(value, list) else value)
-    return model
 
 
 def max_relative_difference(masked: nn.Module, compact: nn.Module, inputs: Iterable) -> float:

@@ -12,18 +12,6 @@ PACKAGES = ("utils", "models", "pruners")
 # Lower layers must not import higher ones: scripts -> pruners -> models -> utils.
 LAYER = {"utils": 0, "models": 1, "pruners": 2}
 
-# Known utils -> models edges that colleagues are removing in parallel (issue 19): to be emptied
-# once their branches merge. Each entry is (importing module, imported package).
-PENDING_LAYER_EDGES = {
-    ("utils.checkpoints.store", "models"),
-}
-
-# Known edges that close a cycle through a package's __init__ ("from pruners import
-# register_pruner" in a module that pruners/__init__.py imports), in files being rewritten in
-# parallel; their fix is "from pruners.registry import register_pruner". Empty it after merging.
-PENDING_CYCLE_EDGES = set()
-
-
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     if parts[-1] == "__init__":
@@ -117,31 +105,16 @@ def upward_edges(graph: Dict[str, Set[str]]):
     return edges
 
 
-def without_pending_cycle_edges(graph: Dict[str, Set[str]]) -> Dict[str, Set[str]]:
-    return {module: {t for t in targets if (module, t) not in PENDING_CYCLE_EDGES}
-            for module, targets in graph.items()}
-
-
 def test_the_package_import_graph_has_no_cycle():
-    cycle = find_cycle(without_pending_cycle_edges(import_graph()))
+    cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
 def test_imports_go_one_way_pruners_models_utils():
     upward = upward_edges(import_graph())
-    unexpected = sorted(upward - PENDING_LAYER_EDGES)
+    unexpected = sorted(upward)
     assert not unexpected, "lower layer imports a higher one: " + ", ".join(
         f"{module} imports {package}" for module, package in unexpected)
-
-
-def test_pending_edges_are_still_pending():
-    """When a colleague's change removes an allowed edge, the allow-lists must shrink with it."""
-    graph = import_graph()
-    gone = sorted(PENDING_LAYER_EDGES - upward_edges(graph))
-    assert not gone, f"remove from PENDING_LAYER_EDGES: {gone}"
-    present = {(module, target) for module, targets in graph.items() for target in targets}
-    gone = sorted(PENDING_CYCLE_EDGES - present)
-    assert not gone, f"remove from PENDING_CYCLE_EDGES: {gone}"
 
 
 def test_no_package_module_imports_the_scripts_composition_root():

@@ -217,22 +217,12 @@ def get_args_parser():
     return parser
 
 
-def load_any(name_or_path: str, checkpoint_dir) -> dict:
-    """A checkpoint or a compressed file, as the checkpoint dict build_model takes."""
-    from utils import checkpoints
-    from utils.checkpoints.compressed import is_compressed, load_compressed
-    path = checkpoints.resolve_checkpoint(name_or_path, checkpoint_dir)
-    if is_compressed(path):
-        return load_compressed(path)
-    return checkpoints.load_checkpoint(str(path), checkpoint_dir)
-
-
 def main(argv=None) -> dict:
     from utils import checkpoints, data
     from utils.checkpoints.compressed import SUFFIX
     args = get_args_parser().parse_args(argv)
     cli.apply_threads(args.threads)
-    loaded = load_any(args.load_folder_model, args.checkpoint_dir)
+    loaded = checkpoints.load_model_file(args.load_folder_model, args.checkpoint_dir)
     model = checkpoints.build_model(loaded, masks=False)
     images = torch.empty(0)
     if "onnx" in args.format:

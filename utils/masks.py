@@ -8,7 +8,7 @@ Pruned entries are stored and left as +0.0: ``orig * mask`` gives -0.0 where ``o
 negative, which a sign-blind comparison cannot tell from +0.0 but a file round trip would change.
 """
 import copy
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -106,3 +106,47 @@ def make_permanent(model: nn.Module) -> nn.Module:
         prune.remove(module, tensor)
         getattr(module, tensor).masked_fill_(~keep, 0.0)
     return model
+
+
+# ---- normalisation over kept channels -------------------------------------------------------
+
+class MaskedNormalization:
+    """Forward hook of a LayerNorm-like module: normalises dimension ``dim`` of its input over
+    the kept channels only, as the compact model's smaller LayerNorm will; removed channels
+    output zero. torch's layer_norm has no mask argument, hence the recomputation."""
+
+    def __init__(self, dim: int, keep: torch.Tensor):
+        self.dim = dim
+        self.keep = keep.bool()
+
+    def __call__(self, module: nn.Module, inputs, output):
+        x = inputs[0].movedim(self.dim, -1)
+        keep = self.keep.to(device=x.device, dtype=x.dtype)
+        count = keep.sum()
+        mean = (x * keep).sum(-1, keepdim=True) / count
+        var = (((x - mean) * keep) ** 2).sum(-1, keepdim=True) / count
+        y = (x - mean) * torch.rsqrt(var + module.eps)
+        if getattr(module, "weight", None) is not None:
+            y = y * module.weight
+        if getattr(module, "bias", None) is not None:
+            y = y + module.bias
+        return (y * keep).movedim(-1, self.dim)
+
+
+def normalization_masks(model: nn.Module) -> Dict[str, dict]:
+    """Module name -> {"dim", "keep" list} of every masked normalisation (what a checkpoint records)."""
+    found = {}
+    for name, module in model.named_modules():
+        for hook in module._forward_hooks.values():
+            if isinstance(hook, MaskedNormalization):
+                found[name] = {"dim": hook.dim, "keep": hook.keep.tolist()}
+    return found
+
+
+def set_normalization_mask(module: nn.Module, dim: int, keep: Optional[Sequence[bool]]) -> None:
+    """Replace ``module``'s masked normalisation (None: remove it)."""
+    for key, hook in list(module._forward_hooks.items()):
+        if isinstance(hook, MaskedNormalization):
+            del module._forward_hooks[key]
+    if keep is not None and not all(keep):
+        module.register_forward_hook(MaskedNormalization(dim, torch.tensor(list(keep))))

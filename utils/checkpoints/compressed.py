@@ -566,23 +566,3 @@ def load_compressed(path) -> dict:
     checkpoint.setdefault("flags", {})
     checkpoint.setdefault("metrics", {})
     return checkpoint
-
-
-def load_model_file(name_or_path: str, checkpoint_dir="checkpoints", expect_model: Optional[str] = None,
-                    expect_dataset: Optional[str] = None) -> dict:
-    """A checkpoint or a compressed file, as the dict build_model takes: the one loader of the
-    scripts that read both (calFLOP.py, utils.export). A file is read as compressed when it
-    carries the signature or is named .compressed (so foreign bytes under that name are refused
-    as a compressed file, not as a pickle); ``expect_*`` as for load_checkpoint."""
-    from utils.checkpoints.store import load_checkpoint, resolve_checkpoint
-    path = resolve_checkpoint(name_or_path, checkpoint_dir)
-    if not (is_compressed(path) or path.name.endswith(SUFFIX)):
-        return load_checkpoint(str(path), checkpoint_dir, expect_model, expect_dataset)
-    loaded = load_compressed(path)
-    model = loaded["config"]["model"]
-    if expect_model and expect_model != model:
-        raise UserError(f"{path.name} holds {model}, but --model asks for {expect_model}")
-    if expect_dataset and expect_dataset != loaded.get("dataset"):
-        raise UserError(f"{path.name} was trained on {loaded.get('dataset')}, "
-                        f"but --dataset asks for {expect_dataset}")
-    return loaded

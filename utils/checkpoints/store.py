@@ -11,6 +11,8 @@ torch.load(weights_only=True) and checked against its own config; written atomic
 (utils/files.py), never over another checkpoint unless asked.
 """
 import glob
+import pickle
+import zipfile
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -18,11 +20,13 @@ from typing import Optional
 import torch
 from torch.torch_version import TorchVersion
 
-import models
+from utils.checkpoints.builders import build, registered_spec
+from utils.checkpoints.compressed import SUFFIX, is_compressed, load_compressed
 from utils.checkpoints.sparse_format import DamagedTensor, decode_state_dict, encode_state_dict
 from utils.errors import UserError
 from utils.files import atomic_write, unused_path
 from utils.masks import apply_masks, plain_state_dict
+from utils.structure import apply_structure, structure
 
 DEFAULT_DIR = "checkpoints"
 FORMAT_VERSION = 2
@@ -54,9 +58,13 @@ def make_checkpoint(model: torch.nn.Module, dataset: str, metrics: dict, flags: 
     """``sparse``: store tensors with many zeros as bitmask + values. Tensors under a
     torch.nn.utils.prune mask are always stored with their mask."""
     state, masks = plain_state_dict(model)
+    config = model.config()
     return {
         "format": FORMAT_VERSION,
-        "config": model.config(),
+        "config": config,
+        # What the config's widths do not describe (a torchvision or user model compacted):
+        # per module, the shapes and attributes that differ from the model the config builds.
+        "structure": plain(structure(build(registered_spec(config)), model)),
         "dataset": dataset,
         "state_dict": encode_state_dict(state, masks, sparse=sparse),
         "metrics": plain(metrics),
@@ -127,8 +135,6 @@ def _check_config(checkpoint: dict, path: Path) -> dict:
 
 def _not_a_checkpoint(path: Path, exc: Exception) -> str:
     """The one line for a file torch.load(weights_only=True) refused."""
-    import zipfile
-    from utils.checkpoints.compressed import SUFFIX, is_compressed
     expected = ("expected a checkpoint written by baseline.py or pruning.py (torch.save of a "
                 "checkpoint dict, read with weights_only=True)")
     if is_compressed(path):
@@ -143,11 +149,25 @@ def _not_a_checkpoint(path: Path, exc: Exception) -> str:
     if path.stat().st_size == 0:
         return f"{path} is empty, not a checkpoint; {expected}"
     if zipfile.is_zipfile(path):
-        if isinstance(exc, __import__("pickle").UnpicklingError):
+        if isinstance(exc, pickle.UnpicklingError):
             return (f"{path} holds pickled Python objects besides tensors and plain values (a "
                     f"whole module?), which this toolkit never unpickles; {expected}")
         return f"{path} is a damaged torch archive ({type(exc).__name__}); {expected}"
     return f"{path} is not a checkpoint (not a torch.save archive); {expected}"
+
+
+def read_file(path: Path):
+    """What torch.save wrote to ``path``, read with weights_only=True; a file that is not such an
+    archive is one UserError saying what it is not (torch's own message advises
+    weights_only=False, an unsafe load)."""
+    try:
+        # Files written before torch_version was stored as a plain str hold a TorchVersion, a str
+        # subclass with no code of its own: allowing it keeps them readable.
+        with torch.serialization.safe_globals([TorchVersion]), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns of foreign pickles before refusing them
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(_not_a_checkpoint(path, exc)) from None
 
 
 def load_checkpoint(name_or_path: str, checkpoint_dir=DEFAULT_DIR, expect_model: Optional[str] = None,
@@ -156,16 +176,7 @@ def load_checkpoint(name_or_path: str, checkpoint_dir=DEFAULT_DIR, expect_model:
     ``masks`` and ``path`` added. ``expect_*`` are what the flags asked for: a different
     checkpoint is an error naming both. A damaged file is one UserError."""
     path = resolve_checkpoint(name_or_path, checkpoint_dir)
-    try:
-        # Files written before torch_version was stored as a plain str hold a TorchVersion, a str
-        # subclass with no code of its own: allowing it keeps them readable.
-        with torch.serialization.safe_globals([TorchVersion]), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch warns of foreign pickles before refusing them
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        # torch's own message advises weights_only=False, an unsafe load: say instead what the
-        # file is not and what was expected.
-        raise UserError(_not_a_checkpoint(path, exc)) from None
+    checkpoint = read_file(path)
     if not isinstance(checkpoint, dict):
         raise UserError(f"{path} is not a checkpoint of this toolkit (not a dict)")
     model_name = _check_config(checkpoint, path)["model"]
@@ -189,8 +200,8 @@ def build_model(checkpoint: dict, device="cpu", masks: bool = True) -> torch.nn.
     Weights that do not fit the checkpoint's own config are one UserError."""
     config = checkpoint["config"]
     path = checkpoint.get("path", "the checkpoint")
-    model = models.create_model(config["model"], config["input_shape"], config["num_classes"],
-                                config["widths"], **config.get("options", {}))
+    model = build(registered_spec(config))
+    apply_structure(model, checkpoint.get("structure", {}), source=str(path))
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as exc:
@@ -200,6 +211,25 @@ def build_model(checkpoint: dict, device="cpu", masks: bool = True) -> torch.nn.
     if masks and checkpoint.get("masks"):
         apply_masks(model, checkpoint["masks"])
     return model.to(device)
+
+
+def load_model_file(name_or_path: str, checkpoint_dir="checkpoints", expect_model: Optional[str] = None,
+                    expect_dataset: Optional[str] = None) -> dict:
+    """A checkpoint or a compressed file, as the dict build_model takes: the one loader of the
+    scripts that read both (calFLOP.py, utils.export). A file is read as compressed when it
+    carries the signature or is named .compressed (so foreign bytes under that name are refused
+    as a compressed file, not as a pickle); ``expect_*`` as for load_checkpoint."""
+    path = resolve_checkpoint(name_or_path, checkpoint_dir)
+    if not (is_compressed(path) or path.name.endswith(SUFFIX)):
+        return load_checkpoint(str(path), checkpoint_dir, expect_model, expect_dataset)
+    loaded = load_compressed(path)
+    model = loaded["config"]["model"]
+    if expect_model and expect_model != model:
+        raise UserError(f"{path.name} holds {model}, but --model asks for {expect_model}")
+    if expect_dataset and expect_dataset != loaded.get("dataset"):
+        raise UserError(f"{path.name} was trained on {loaded.get('dataset')}, "
+                        f"but --dataset asks for {expect_dataset}")
+    return loaded
 
 
 def root_learning_rate(checkpoint: dict) -> Optional[float]:
