@@ -250,15 +250,21 @@ def run_torch_pruning(name: str, size: int, rate: float) -> dict:
     names = {id(m): n for n, m in pruned.named_modules()}
     zeroed_modules = dict(zeroed.named_modules())
     exact_possible = True
+    # Per zeroed module, the original index of each channel torch-pruning's module still has:
+    # its indices in a later group count the channels an earlier group left (a BatchNorm that
+    # reads a DenseNet concatenation loses channels in many groups).
+    kept: Dict[str, List[int]] = {}
     start = time.perf_counter()
     zero_time = 0.0
     for group in pruner.step(interactive=True):
         # Zero what this group removes in the copy before the removal (not timed).
         mark = time.perf_counter()
+        removed: Dict[str, set] = {}
         for dep, idxs in group:
-            if not pruner.DG.is_out_channel_pruning_fn(dep.handler):
-                continue
             module = dep.target.module
+            norm = isinstance(module, nn.modules.batchnorm._BatchNorm)
+            if not norm and not pruner.DG.is_out_channel_pruning_fn(dep.handler):
+                continue  # a reader's input columns: zero already arrives there
             if isinstance(module, nn.Parameter) or (
                     isinstance(module, nn.Module) and not isinstance(
                         module, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm))
@@ -267,8 +273,12 @@ def run_torch_pruning(name: str, size: int, rate: float) -> dict:
                 continue
             if not isinstance(module, (nn.Conv2d, nn.Linear, nn.modules.batchnorm._BatchNorm)):
                 continue  # torch-pruning's placeholders for add, concat, split: no tensors
-            index = torch.tensor([int(i) for i in idxs], dtype=torch.long)
-            target = zeroed_modules[names[id(module)]]
+            removed.setdefault(names[id(module)], set()).update(int(i) for i in idxs)
+        for name, positions in removed.items():
+            target = zeroed_modules[name]
+            current = kept.setdefault(name, list(range(target.weight.shape[0])))
+            index = torch.tensor([current[i] for i in sorted(positions)], dtype=torch.long)
+            kept[name] = [c for i, c in enumerate(current) if i not in positions]
             with torch.no_grad():
                 target.weight[index] = 0
                 if target.bias is not None:
