@@ -74,11 +74,10 @@ def main(argv=None):
                                       loaded["config"]["input_shape"] if loaded else None)
     if loaded is not None:
         model = checkpoints.build_model(loaded, device)  # a pruned model keeps its masks
-        print(f"loaded {loaded['path']} (widths {list(model.widths)}"
-              f"{', with its pruning masks' if loaded['masks'] else ''})")
+        print(f"loaded {loaded['path']} ({checkpoints.describe_structure(loaded)})")
     else:
         extra = {"pretrained": True} if args.pretrained else {}
-        model = models.create_model(args.model, spec.input_shape, spec.num_classes, **extra).to(device)
+        model = script_setup.fresh_model(args, spec, device, **extra)
 
     validation = ({"fraction": args.val_split, "seed": args.seed} if args.val_split
                   else (loaded or {}).get("validation"))

@@ -16,7 +16,7 @@ with quiet_interrupt():
 
     import models
     import script_setup
-    from pruners.graph import build_graph
+    from pruners.graph import is_chain
     from utils import checkpoints, cli
     from utils.checkpoints.store import load_model_file
     from utils.errors import UserError
@@ -54,7 +54,7 @@ def build_table(args) -> dict:
     else:
         dataset = args.dataset or "mnist"
         spec = script_setup.dataset_spec(args, dataset)
-        model = models.create_model(args.model, spec.input_shape, spec.num_classes, args.widths)
+        model = script_setup.fresh_model(args, spec, widths=args.widths)
 
     images = None
     # Act% needs the dataset: read it only for a pruned checkpoint, the one case that uses it.
@@ -65,8 +65,7 @@ def build_table(args) -> dict:
     recorded = ((loaded or {}).get("pruning") or {}).get("original_widths")
     # Han's output-side Act% needs a plain chain: the dependency graph knows (only traced when
     # the column is measured).
-    chain = (images is not None and
-             not any(group.residual for group in build_graph(model, model.input_shape).groups))
+    chain = images is not None and is_chain(model)
     table = model_table(model, images, original_widths=recorded, chain=chain)
     table["dataset"] = dataset
     table["checkpoint"] = loaded["path"] if loaded else None

@@ -6,6 +6,7 @@ The composition root: it sits beside the scripts (baseline.py, pruning.py, calFL
 sensitivity.py, benchmarks/) and nothing in models/, pruners/ or utils/ imports it. The flag
 types and the one-line-error parser it builds on are utils/cli.py, a leaf any module may use."""
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -24,13 +25,18 @@ def add_model_args(parser, from_checkpoint: bool = False):
     """--model/--dataset/...; with ``from_checkpoint`` they default to the checkpoint's own and
     only serve as a check that it is the model the user meant."""
     if from_checkpoint:
-        parser.add_argument("--model", choices=models.model_names(), default=None,
+        parser.add_argument("--model", type=model_name, default=None, metavar="MODEL",
                             help="architecture; taken from the checkpoint, checked when given")
         parser.add_argument("--dataset", choices=data.dataset_names(), default=None,
                             help="dataset; taken from the checkpoint, checked when given")
     else:
-        parser.add_argument("--model", choices=models.model_names(), required=True,
-                            help="architecture to build")
+        parser.add_argument("--model", type=model_name, required=True, metavar="MODEL",
+                            help=f"architecture to build: {models.MODEL_NAME_HELP}. Registered: "
+                                 f"{', '.join(models.model_names())}")
+        parser.add_argument("--model_kwargs", type=json_object, default=None, metavar="JSON",
+                            help="keyword arguments of a torchvision or package.module:function "
+                                 "builder, as a JSON object (e.g. '{\"width_mult\": 0.5}'); "
+                                 "recorded in the checkpoint")
         parser.add_argument("--dataset", choices=data.dataset_names(), default="mnist",
                             help="dataset (decides input shape and classes); folder: any "
                                  "--data_dir with train/ and val/ folders of class sub-folders, "
@@ -49,6 +55,39 @@ def add_model_args(parser, from_checkpoint: bool = False):
                         help="checkpoint name in --checkpoint_dir (with or without .pt) or a path")
 
 
+def model_name(text: str) -> str:
+    """--model's type: the error (an unknown name, a builder that does not import) is argparse's
+    one line."""
+    try:
+        return models.check_model_name(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"is not JSON ({exc.msg} at character {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object {{...}}, got {text}")
+    return value
+
+
+def fresh_model(args, spec, device="cpu", **extra) -> torch.nn.Module:
+    """The model --model names, for the dataset ``spec`` describes, checked on one image before
+    any work (a model that cannot take these images is one line naming --image_size)."""
+    if models.is_external(args.model):
+        extra.update(image_size=getattr(args, "image_size", None),
+                     builder_kwargs=getattr(args, "model_kwargs", None))
+    elif getattr(args, "model_kwargs", None):
+        raise UserError(f"--model_kwargs is for torchvision and package.module:function builders; "
+                        f"{args.model} takes its options from its own flags")
+    model = models.create_model(args.model, spec.input_shape, spec.num_classes, **extra)
+    models.check_forward(model, spec.input_shape, args.model)
+    return model.to(device)
+
+
 def add_data_loading_args(parser):
     group = parser.add_argument_group("data loading")
     group.add_argument("--data_loader", choices=data.DATA_LOADERS, default="auto",
@@ -63,7 +102,9 @@ def add_data_loading_args(parser):
     group.add_argument("--image_size", type=int_in(8, 4096), default=None,
                        help="folder datasets: the square input size (default 224, ImageNet's: "
                             "random resized crops for training, resize to 256/224 of it and "
-                            "centre crop for evaluation)")
+                            "centre crop for evaluation); torchvision and package.module:function "
+                            "models: the square size their input adapter resizes images to "
+                            "(for models that need a minimum or fixed size)")
 
 
 def load_data(args, dataset: str, device, input_shape=None):
@@ -76,6 +117,8 @@ def load_data(args, dataset: str, device, input_shape=None):
             raise UserError(f"--image_size={image_size} but the checkpoint's model takes {size}x"
                             f"{size} images; leave --image_size out")
         image_size = size
+    if dataset not in data.FOLDER_DATASETS:
+        image_size = None  # a model's input adapter resizes these (fresh_model)
     return data.load_dataset(dataset, args.data_dir, device, download=not args.no_download,
                              verify=not args.no_verify_data,
                              loader=getattr(args, "data_loader", "auto"),
@@ -222,8 +265,10 @@ def check_dirs(args, dataset: str, write_checkpoints: bool = True) -> None:
         raise UserError(f"--data_dir={data_dir} is a file, not a folder; give a folder")
     if dataset in data.FOLDER_DATASETS:
         data.folder_spec(dataset, data_dir, args.image_size or 224)  # present, same classes
-    elif args.image_size is not None:
-        raise UserError(f"--image_size applies to the folder datasets, not to {dataset}")
+    elif args.image_size is not None and not models.is_external(getattr(args, "model", None) or ""):
+        raise UserError(f"--image_size applies to the folder datasets, and to torchvision and "
+                        f"package.module:function models, not to {getattr(args, 'model', None) or 'a checkpoint'} "
+                        f"on {dataset}")
     elif not data.get_spec(dataset).is_present(data_dir):
         check_writable_dir(data_dir, "--data_dir")
     if write_checkpoints:

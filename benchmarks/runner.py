@@ -104,9 +104,10 @@ def run_experiment(experiment: Experiment, argv: List[str], quick: bool, test_im
     """Run one script's main() in this process and turn what it returns into a record."""
     import baseline
     import pruning
+    from pruners.graph import is_chain
     from utils.checkpoints import build_model, load_checkpoint
     from utils.reporting.counting import is_sparse
-    from utils.reporting.tables import model_table
+    from utils.reporting.tables import all_parameters, model_table
     from utils.timing import speedup
 
     script = {"baseline": baseline, "pruning": pruning}[experiment.script]
@@ -114,8 +115,9 @@ def run_experiment(experiment: Experiment, argv: List[str], quick: bool, test_im
 
     loaded = load_checkpoint(result["path"])
     model = build_model(loaded)
-    table = model_table(model, test_images(loaded["dataset"]) if is_sparse(model) else None,
-                        original_widths=(loaded.get("pruning") or {}).get("original_widths"))
+    images = test_images(loaded["dataset"]) if is_sparse(model) else None
+    table = model_table(model, images, original_widths=(loaded.get("pruning") or {}).get("original_widths"),
+                        chain=images is not None and is_chain(model))
     record = {
         "experiment": experiment.id,
         "quick": quick,
@@ -131,9 +133,9 @@ def run_experiment(experiment: Experiment, argv: List[str], quick: bool, test_im
         "checkpoint": relative(loaded["path"]),
         "checkpoint_bytes": os.path.getsize(loaded["path"]),
         "parent": loaded.get("parent"),
-        # the table's rows are conv and linear layers; BatchNorm's scale and shift count too
-        "parameters": table["total"]["weights"] + table["batchnorm_parameters"],
-        "nonzero": table["total"]["nonzero"] + table["batchnorm_parameters"],
+        # the table's rows are conv and linear layers; the other layers' parameters count too
+        "parameters": all_parameters(table),
+        "nonzero": table["total"]["nonzero"] + all_parameters(table) - table["total"]["weights"],
         "flops": table["total"]["flops"],
         "nonzero_flops": table["total"]["nonzero_flops"],
         "layers": table,

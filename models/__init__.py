@@ -6,7 +6,9 @@ streams: see models/base.py); a structurally pruned model is the same class with
 import importlib
 import pkgutil
 
-from models.registry import create_model, model_class, model_names, register_model  # noqa: F401
+from models.registry import (MODEL_NAME_HELP, check_model_name, create_model,  # noqa: F401
+                             model_class, model_names, register_model)
+from models.external import check_forward, is_external  # noqa: F401
 from models.base import PrunableNet, weight_layers  # noqa: F401
 from utils.checkpoints.builders import BUILDERS
 

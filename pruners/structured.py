@@ -51,7 +51,8 @@ def paper_counted_flops(graph: DependencyGraph, stats: List[LayerStats], rate: f
         if len(layer.output_shape) != 3:  # a linear layer: the paper prunes convolutions only
             total += layer.flops
             continue
-        source = graph.group_of.get(reads[layer.name].sets[0])
+        read = reads.get(layer.name)  # none for a depthwise conv: its inputs are its outputs
+        source = graph.group_of.get(read.sets[0]) if read is not None else None
         squared = source is not None and not source.fixed and not source.residual
         total += layer.flops * (1 - rate) * ((1 - rate) if squared else 1)
     return int(round(total))
@@ -62,6 +63,13 @@ def paper_counted_flops(graph: DependencyGraph, stats: List[LayerStats], rate: f
 def _names(values: Optional[List[str]]) -> List[str]:
     """--exclude may be repeated and may hold comma-separated names."""
     return [n.strip() for value in (values or []) for n in value.split(",") if n.strip()]
+
+
+def _widths(model: nn.Module) -> Optional[list]:
+    """A registered model's widths; None for one without a widths config (torchvision's, a
+    user's: its checkpoint records the structure per module instead)."""
+    widths = getattr(model, "widths", None)
+    return list(widths) if widths is not None else None
 
 
 class StructuredPruner(Pruner):
@@ -270,7 +278,7 @@ class StructuredPruner(Pruner):
 
     def prune(self, model: nn.Module, context: PruneContext) -> nn.Module:
         self.check_model(model)
-        self.original_widths = list(model.widths) if hasattr(model, "widths") else None
+        self.original_widths = _widths(model)
         input_shape = tuple(model.input_shape)
         dense_flops = layer_stats(model, input_shape)
         self.train_masked(model, context)
@@ -278,7 +286,7 @@ class StructuredPruner(Pruner):
         pruner.example_inputs = (context.test.first_images(256),)
         small = pruner.compact()
         self.compact_difference = pruner.compact_difference
-        self.widths = list(small.widths) if hasattr(small, "widths") else None
+        self.widths = _widths(small)
         self.structure = structure(model, small)
         self.flops = {"dense": sum(s.flops for s in dense_flops),
                       "compact": sum(s.flops for s in layer_stats(small, input_shape)),

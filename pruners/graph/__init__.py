@@ -2,6 +2,6 @@
 (core.py: labels, sets, groups; operations.py: the explicit table of operations)."""
 from pruners.graph.core import (Attr, DependencyGraph, Group, Label, Normalization,  # noqa: F401
                                 SizeUse, TensorUse)
-from pruners.graph.build import as_inputs, build_graph  # noqa: F401
+from pruners.graph.build import as_inputs, build_graph, is_chain  # noqa: F401
 from utils.errors import UnsupportedOperation  # noqa: F401
 from utils.tracing import traced  # noqa: F401

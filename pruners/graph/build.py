@@ -45,3 +45,10 @@ def build_graph(model: nn.Module, example_inputs) -> DependencyGraph:
         model.train(was_training)
     graph.example_inputs = tuple(x.detach() for x in inputs)
     return graph
+
+
+def is_chain(model: nn.Module, example_inputs=None) -> bool:
+    """Whether ``model`` is a plain chain (no channel group is a residual stream or a
+    concatenation), where Han et al.'s output-side Act% is defined (calFLOP.py's tables)."""
+    inputs = example_inputs if example_inputs is not None else model.input_shape
+    return not any(group.residual for group in build_graph(model, inputs).groups)

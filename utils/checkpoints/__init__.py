@@ -5,6 +5,7 @@ through a builder spec, builders.py); pruned tensors stored as bitmask + values 
 (sparse_format.py); Deep Compression files (compressed.py)."""
 from utils.checkpoints.model_files import load_model, metadata_of, save_model  # noqa: F401
 from utils.checkpoints.store import (DEFAULT_DIR, build_model, checkpoint_name,  # noqa: F401
+                                     describe_structure,
                                      load_checkpoint, load_model_file, make_checkpoint,
                                      resolve_checkpoint, root_learning_rate, save_checkpoint,
                                      update_metrics)

@@ -15,6 +15,7 @@ from utils.registry import Registry
 # How a kind of builder makes the unpruned model from (name, keyword arguments). The models
 # package adds "registered" (models.create_model); utils never imports it.
 BUILDERS = Registry("model builder", "builder_kind")
+REGISTERED_MODELS_PACKAGE = "models"
 
 
 def _torchvision(name: str, kwargs: dict) -> nn.Module:
@@ -86,6 +87,11 @@ def builder_spec(model: nn.Module, builder=None, builder_kwargs: Optional[dict] 
 
 def build(spec: dict) -> nn.Module:
     """The unpruned model ``spec`` describes."""
+    if spec.get("kind") == "registered" and "registered" not in BUILDERS:
+        # The toolkit's own models register this kind when their package is imported; a file
+        # naming one loads that package on demand, as a plugin (utils never imports it by name,
+        # so the layers stay one-way: scripts -> pruners -> models -> utils).
+        importlib.import_module(REGISTERED_MODELS_PACKAGE)
     if spec.get("kind") not in BUILDERS.names():
         raise UserError(f"no builder of kind {spec.get('kind')!r} (known: "
                         f"{', '.join(BUILDERS.names())}; 'registered' needs `import models`)")

@@ -37,8 +37,20 @@ def checkpoint_name(model: str, dataset: str, acc: float, epochs: int,
                     method: Optional[str] = None) -> str:
     """The reference's names plus .pt: lenet_300_100_mnist_acc_0.9813_epoch_30.pt, and
     lenet_300_100_songhan_mnist_acc_0.9820_epoch_10.pt for a pruned model."""
-    parts = [model] + ([method] if method else []) + [dataset, f"acc_{acc:.4f}", f"epoch_{epochs}"]
+    # A builder's "package.module:function" names a file as "package.module-function".
+    parts = [model.replace(":", "-")] + ([method] if method else []) + [dataset, f"acc_{acc:.4f}",
+                                                                        f"epoch_{epochs}"]
     return "_".join(parts) + ".pt"
+
+
+def describe_structure(checkpoint: dict) -> str:
+    """What a loaded checkpoint's model looks like, in a few words: its widths, or how many
+    modules surgery made smaller (a model without a widths config), and its masks."""
+    widths = checkpoint["config"].get("widths")
+    changed = len(checkpoint.get("structure") or {})
+    text = (f"widths {list(widths)}" if widths is not None
+            else f"{changed} modules made smaller by pruning" if changed else "unpruned structure")
+    return text + (", with its pruning masks" if checkpoint.get("masks") else "")
 
 
 def plain(value):

@@ -8,9 +8,11 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from utils.checkpoints.builders import build, registered_spec
 from utils.layers import weight_layers
 from utils.masks import masked_value
 from utils.modes import eval_mode
+from utils.structure import structure
 
 FLOP_CONVENTION = ("FLOP = 2 x multiply-accumulate for one input image (bias, BatchNorm, "
                    "activation and pooling not counted), as torch.utils.flop_counter.FlopCounterMode "
@@ -165,13 +167,17 @@ def is_sparse(model: nn.Module) -> bool:
 
 
 def original_of(model: nn.Module, original_widths=None) -> Optional[nn.Module]:
-    """The same class at its original widths when ``model`` is a compact (structurally pruned)
-    one, else None. Only the shapes matter here, so the weights stay as initialised."""
-    original = tuple(original_widths or getattr(model, "original_widths", ()))
-    if not original or tuple(model.widths) == original:
+    """The unpruned model of a compact (structurally pruned) one, else None: a registered model
+    at its original widths, any other (a torchvision or user builder's) as its builder makes it.
+    Only the shapes matter here, so the weights stay as initialised."""
+    if not hasattr(model, "config"):
         return None
-    return type(model)(model.input_shape, model.num_classes, original,
-                       **getattr(model, "options", {}))
+    config = dict(model.config())
+    original = original_widths or getattr(model, "original_widths", None)
+    if original is not None:
+        config["widths"] = list(original)
+    reference = build(registered_spec(config))
+    return reference if structure(reference, model) else None
 
 
 def batchnorm_parameters(model: nn.Module) -> int:

@@ -12,6 +12,12 @@ from utils.reporting.counting import (FLOP_CONVENTION, activation_density, batch
 
 # --- The table calFLOP.py prints, as plain JSON-able data ------------------------------------
 
+def _widths(model: Optional[nn.Module]) -> Optional[list]:
+    """A registered model's widths; None for a model without a widths config."""
+    widths = getattr(model, "widths", None)
+    return list(widths) if widths is not None else None
+
+
 def flop_table(model: nn.Module, input_shape, images: Optional[torch.Tensor] = None,
                original: Optional[nn.Module] = None, chain: Optional[bool] = None) -> dict:
     """Per-layer Weights / FLOP / Nonzero / MACs of ``model`` with a Total row, as a dict that
@@ -62,8 +68,8 @@ def flop_table(model: nn.Module, input_shape, images: Optional[torch.Tensor] = N
     return {
         "model": getattr(model, "registry_name", type(model).__name__),
         "input_shape": list(input_shape),
-        "widths": list(getattr(model, "widths", [])),
-        "original_widths": list(original.widths) if original is not None else None,
+        "widths": _widths(model),
+        "original_widths": _widths(original) if original is not None else None,
         "activation_images": len(images) if images is not None else None,
         "batchnorm_parameters": batchnorm_parameters(model),
         # Every parameter of the model (the rows' weights and biases, BatchNorm's scale and
@@ -145,8 +151,9 @@ def render_markdown(table: dict) -> str:
     notes = []
     total = table["total"]
     if "original_weights" in total:
-        notes.append(f"Compact model, widths {table['widths']} against the original "
-                     f"{table['original_widths']}: weights "
+        shape = (f"widths {table['widths']} against the original {table['original_widths']}"
+                 if table.get("widths") is not None else "against the unpruned model its builder makes")
+        notes.append(f"Compact model, {shape}: weights "
                      f"{_reduction(total['weights'], total['original_weights'])}, "
                      f"FLOP {_reduction(total['flops'], total['original_flops'])}.")
     if "weights_density" in total and table.get("act_of", "output") == "output":
@@ -160,7 +167,14 @@ def render_markdown(table: dict) -> str:
                      f"al.'s output-side Act% is not defined), over {table['activation_images']:,} "
                      f"test images; FLOP% = weight density x Act% (input image dense).")
     parameters = all_parameters(table)
-    if table.get("batchnorm_parameters"):
+    other = parameters - total["weights"]
+    if other and other != (table.get("batchnorm_parameters") or 0):
+        # GroupNorm, LayerNorm, embeddings, layer scales: any model's parameters outside the rows.
+        notes.append(f"Parameters: {parameters:,} in all, the rows' {total['weights']:,} weights "
+                     f"and biases plus {other:,} in layers without a FLOP row (normalisation "
+                     f"scales and shifts, BatchNorm's {table.get('batchnorm_parameters') or 0:,} "
+                     "among them, and any embeddings or layer scales).")
+    elif table.get("batchnorm_parameters"):
         notes.append(f"Parameters: {parameters:,} in all, the rows' {total['weights']:,} weights "
                      f"and biases plus BatchNorm's {table['batchnorm_parameters']:,} (scale and "
                      "shift; no FLOP counted for them).")
