@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
 from models.base import weight_layers  # noqa: E402
-from pruners.songhan import SongHanPruner, find_cut, magnitude_keys  # noqa: E402
+from pruners.magnitude import find_cut, magnitude_keys  # noqa: E402
+from pruners.songhan import SongHanPruner  # noqa: E402
 from utils import checkpoints  # noqa: E402
 from utils import cli  # noqa: E402
 from utils.masks import make_permanent  # noqa: E402

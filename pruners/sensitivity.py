@@ -20,7 +20,7 @@ from tqdm import tqdm
 from models.base import weight_layers
 from pruners.compact import pruned_sets, writer_tensors
 from utils.tracing import traced
-from pruners.songhan import smallest_k_masks
+from pruners.magnitude import smallest_k_masks
 from utils.errors import UserError
 from utils.training import evaluate
 

@@ -9,179 +9,26 @@ weight is multiplied by the 0/1 mask, never by the weights (the reference's bug)
 returned with its masks on: the checkpoint stores them (utils/masks.py), and a model loaded from
 it is pruned further, or fine-tuned, with the same masks, so pruned weights stay pruned.
 
-Exactly the k smallest |w| are removed, ties broken by position (earlier layer, then earlier
-flat index, goes first), through a two-pass radix select on the float bit patterns (see
-``find_cut``): exact, and several times faster than torch.kthvalue on AlexNet-size models.
+Each round is a step of pruners.magnitude.MagnitudePruner (the step-level API): exactly the k
+smallest |w| are removed, ties broken by position, through the radix select there. This module
+is the schedule around it: rounds, Han's quality rule, dropout adjustment, sparse inference.
 """
 import math
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.utils.prune as prune
 
-from models.base import weight_layers
+from utils.layers import weight_layers
 from pruners.registry import register_pruner
 from pruners.base import DEFAULT_CUT_RATE, PruneContext, Pruner, check_rate
 from utils import cli
 from utils.errors import UserError
 from utils.masks import mask_of, trained_tensor
+from pruners.magnitude import SCOPES, MagnitudePruner, MagnitudeUnstructured
 from pruners.sparse_linear import SPARSE_INFERENCE_MODES, sparsify_linear_layers
 
-SCOPES = ("global", "layer")
-_ABS_BITS = 0x7FFFFFFF   # clearing the sign bit of an IEEE float is |w|
-_HIGH_BUCKETS = 1 << 15   # first radix pass: the top 16 bits of a non-negative int32 key
-_LOW_BUCKETS = 1 << 16    # second pass: the low 16 bits
-_NOTHING = -1                           # a cut below every key removes nothing
-_EVERYTHING = torch.iinfo(torch.int32).max  # no key is above it: everything goes
-
-
-# ---------------------------------------------------------------- exact k-smallest selection
-
-def magnitude_keys(tensor: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Flat int32 keys that sort like |tensor|: a non-negative IEEE float's bit pattern, read as
-    an integer, orders exactly as its value. Entries where ``mask`` is 0 (pruned before) get key
-    0, like |w| = 0.0; ``keep_masks`` puts them ahead of live zeros.
-    Non-float32 tensors are compared in float32 (exact for half/bfloat16; float64 values that
-    round to the same float32 count as ties)."""
-    flat = tensor.detach().reshape(-1)
-    if flat.dtype != torch.float32:
-        flat = flat.float()
-    keys = flat.contiguous().view(torch.int32).bitwise_and(_ABS_BITS)
-    if mask is not None:
-        keys.masked_fill_(mask.reshape(-1) == 0, 0)
-    return keys
-
-
-@dataclass(frozen=True)
-class Cut:
-    """Removes every entry whose key is below ``key`` and the first ``ties`` entries (in order,
-    entries pruned before first) whose key equals it: exactly the k smallest."""
-    key: int
-    ties: int
-    tied: int  # how many entries hold ``key`` in all; ties == tied needs no positional pass
-
-    def threshold(self) -> float:
-        """The |w| at the cut."""
-        key = min(max(self.key, 0), _ABS_BITS)
-        return torch.tensor([key], dtype=torch.int32).view(torch.float32).item()
-
-
-def _first_reaching(cumulative: torch.Tensor, k: int) -> int:
-    """Index of the first bucket whose cumulative count reaches k."""
-    return int(torch.searchsorted(cumulative, torch.tensor([k], dtype=cumulative.dtype)).item())
-
-
-def find_cut(keys: Sequence[torch.Tensor], k: int) -> Cut:
-    """Where the k smallest keys over all of ``keys`` (taken in order, as one sequence) end.
-
-    Radix select: a histogram of the high 16 bits over everything (torch.bincount, one pass),
-    then a histogram of the low 16 bits of only the entries in the bucket holding the k-th key.
-    On the 57M-weight alexnet_imagenet that is four elementwise passes, 0.3-0.5 s here, against
-    torch.kthvalue's 0.8-2.3 s and torch.sort's 3.5 s (benchmarks/songhan_sparse.py prints it),
-    exact, and it never concatenates the layers."""
-    total = sum(kk.numel() for kk in keys)
-    if k <= 0:
-        return Cut(key=_NOTHING, ties=0, tied=0)
-    if k >= total:
-        return Cut(key=_EVERYTHING, ties=0, tied=0)
-    high = [kk >> 16 for kk in keys]
-    hist = sum(torch.bincount(h, minlength=_HIGH_BUCKETS) for h in high)
-    cumulative = hist.cumsum(0)
-    bucket = _first_reaching(cumulative, k)
-    below = int(cumulative[bucket - 1]) if bucket > 0 else 0
-    members = torch.cat([kk[h == bucket] for kk, h in zip(keys, high)])
-    low_hist = torch.bincount(members & 0xFFFF, minlength=_LOW_BUCKETS)
-    low_cumulative = low_hist.cumsum(0)
-    low = _first_reaching(low_cumulative, k - below)
-    below += int(low_cumulative[low - 1]) if low > 0 else 0
-    return Cut(key=(bucket << 16) | low, ties=k - below, tied=int(low_hist[low]))
-
-
-def keep_masks(keys: Sequence[torch.Tensor], cut: Cut,
-               masks: Optional[Sequence[Optional[torch.Tensor]]] = None) -> List[torch.Tensor]:
-    """Boolean keep-masks (flat) for each of ``keys``: False for the k entries ``cut`` removes.
-    ``masks`` (the ones ``magnitude_keys`` saw) order entries pruned before ahead of live ones."""
-    keep = [kk > cut.key for kk in keys]
-    if cut.ties < cut.tied:
-        # Only some entries at the cut's key go: the earliest ones. Entries pruned before all
-        # hold key 0 and go first; the rest are ranked by position.
-        masks = masks if masks is not None else [None] * len(keys)
-        remaining = cut.ties
-        tied = []
-        for kk, m in zip(keys, masks):
-            at_cut = kk == cut.key
-            if cut.key == 0 and m is not None:
-                was_pruned = m.reshape(-1) == 0
-                remaining -= int(torch.count_nonzero(was_pruned))
-                at_cut &= ~was_pruned
-            tied.append(at_cut)
-        for kp, at_cut in zip(keep, tied):
-            positions = at_cut.nonzero().flatten()
-            kp[positions[max(remaining, 0):]] = True
-            remaining = max(0, remaining - len(positions))
-    return keep
-
-
-def smallest_k_masks(tensors: Sequence[torch.Tensor], k: int,
-                     masks: Optional[Sequence[Optional[torch.Tensor]]] = None
-                     ) -> List[torch.Tensor]:
-    """0/1 masks (shaped and typed like ``tensors``) removing exactly the k entries of smallest
-    |t| across all of them, taken in order; entries already masked count among the k and go
-    first (k is raised to their number if smaller); ties go by position."""
-    masks = list(masks) if masks is not None else [None] * len(tensors)
-    pruned = sum(m.numel() - int(torch.count_nonzero(m)) for m in masks if m is not None)
-    keys = [magnitude_keys(t, m) for t, m in zip(tensors, masks)]
-    keep = keep_masks(keys, find_cut(keys, max(k, pruned)), masks)
-    return [kp.view(t.shape).to(t.dtype if t.is_floating_point() else torch.float32)
-            for kp, t in zip(keep, tensors)]
-
-
-# ---------------------------------------------------------------- the criterion
-
-class MagnitudeUnstructured(prune.BasePruningMethod):
-    """Han et al.'s criterion, shaped like torch.nn.utils.prune's L1Unstructured.
-
-    ``amount`` (int: a count, float in [0, 1]: a fraction of the tensor) is the tensor's total
-    number of pruned entries after this step, counting those the default mask already removes:
-    the schedule states sparsity targets, not increments. ``threshold`` instead removes every
-    entry with |w| < threshold (Han's quality rule). Entries already masked stay masked.
-
-    Applied through ``apply`` to a tensor that is already pruned, torch's PruningContainer hands
-    compute_mask only the surviving entries, so ``amount`` then counts within those (as for
-    torch's own methods)."""
-
-    PRUNING_TYPE = "unstructured"
-
-    def __init__(self, amount=None, threshold: Optional[float] = None):
-        if (amount is None) == (threshold is None):
-            raise ValueError("give exactly one of amount and threshold")
-        if amount is not None:
-            prune._validate_pruning_amount_init(amount)
-        elif not threshold >= 0:
-            raise ValueError(f"threshold must be >= 0, got {threshold}")
-        self.amount = amount
-        self.threshold = threshold
-
-    def compute_mask(self, t: torch.Tensor, default_mask: torch.Tensor) -> torch.Tensor:
-        if self.threshold is not None:
-            return default_mask * (t.detach().abs() >= self.threshold).to(default_mask.dtype)
-        prune._validate_pruning_amount(self.amount, t.nelement())
-        k = prune._compute_nparams_toprune(self.amount, t.nelement())
-        (mask,) = smallest_k_masks([t], k, [default_mask])
-        return default_mask * mask.to(default_mask.dtype)
-
-    @classmethod
-    def apply(cls, module, name, amount=None, threshold=None, importance_scores=None):
-        return super().apply(module, name, amount=amount, threshold=threshold,
-                             importance_scores=importance_scores)
-
-
-def magnitude_unstructured(module: nn.Module, name: str, amount=None, threshold=None):
-    """Thin functional form, like torch.nn.utils.prune.l1_unstructured."""
-    MagnitudeUnstructured.apply(module, name, amount=amount, threshold=threshold)
-    return module
 
 
 # ---------------------------------------------------------------- schedule and dropout
@@ -283,9 +130,12 @@ class SongHanPruner(Pruner):
 
     def targets(self, model: nn.Module) -> List[Tuple[str, nn.Module, str]]:
         """(layer name, module, tensor name) of every tensor to prune, in forward order."""
-        names = ("weight", "bias") if self.prune_bias else ("weight",)
         return [(layer, module, tensor) for layer, module in weight_layers(model)
-                for tensor in names if getattr(module, tensor, None) is not None]
+                for tensor in self.tensor_names if getattr(module, tensor, None) is not None]
+
+    @property
+    def tensor_names(self) -> Tuple[str, ...]:
+        return ("weight", "bias") if self.prune_bias else ("weight",)
 
     @staticmethod
     def _current(module: nn.Module, tensor: str) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -296,43 +146,21 @@ class SongHanPruner(Pruner):
 
     @torch.no_grad()
     def prune_step(self, model: nn.Module, step: int) -> None:
-        """Prune to the schedule's ``step``-th target (1-based); masks only grow."""
+        """Prune to the schedule's ``step``-th target (1-based); masks only grow. A step of
+        MagnitudePruner (the step-level API): scripts and code share one code path."""
         targets = self.targets(model)
         if self.quality is not None:
             fraction = step / self.rounds  # the threshold grows linearly to q x std
             for (layer, module, tensor), std in zip(targets, self._stds):
                 method = MagnitudeUnstructured(threshold=self.quality * fraction * std)
-                self._apply(module, tensor, method)
+                orig, mask = self._current(module, tensor)
+                default = mask if mask is not None else torch.ones_like(orig)
+                prune.custom_from_mask(module, tensor, method.compute_mask(orig, default))
             return
-        for layer, module, tensor in targets:
-            if layer in self.layer_rates:
-                sparsity = schedule_sparsity(self.layer_rates[layer], self.rounds,
-                                             self._layer_start[layer])[step - 1]
-                self._apply(module, tensor, MagnitudeUnstructured(amount=sparsity))
-        targets = [t for t in targets if t[0] not in self.layer_rates]
-        if not targets:
-            return
+        layer_rates = {layer: schedule_sparsity(rate, self.rounds, self._layer_start[layer])[step - 1]
+                       for layer, rate in self.layer_rates.items()}
         sparsity = schedule_sparsity(self.cut_rate, self.rounds, self._start_sparsity)[step - 1]
-        current = [self._current(module, tensor) for _, module, tensor in targets]
-        if self.scope == "layer":
-            for (_, module, tensor), _ in zip(targets, current):
-                self._apply(module, tensor, MagnitudeUnstructured(amount=sparsity))
-            return
-        tensors, masks = zip(*current)
-        total = sum(t.numel() for t in tensors)
-        k = prune._compute_nparams_toprune(sparsity, total)
-        new_masks = smallest_k_masks(tensors, k, masks)
-        for (_, module, tensor), mask in zip(targets, new_masks):
-            # custom_from_mask multiplies into an existing mask through torch's PruningContainer.
-            prune.custom_from_mask(module, tensor, mask)
-
-    @staticmethod
-    def _apply(module: nn.Module, tensor: str, method: MagnitudeUnstructured) -> None:
-        """Compute the mask over the whole tensor (so ``amount`` means total sparsity) and hand it
-        to torch.nn.utils.prune."""
-        orig, mask = SongHanPruner._current(module, tensor)
-        default = mask if mask is not None else torch.ones_like(orig)
-        prune.custom_from_mask(module, tensor, method.compute_mask(orig, default))
+        MagnitudePruner(model, sparsity, self.scope, layer_rates, tensors=self.tensor_names).step()
 
     def _adjust_dropout(self, model: nn.Module) -> None:
         modules = dict(model.named_modules())

@@ -12,9 +12,9 @@ import models
 import pruning
 from models.base import weight_layers
 from pruners import PruneContext, create_pruner
-from pruners.songhan import (MagnitudeUnstructured, SongHanPruner, adjusted_dropout, find_cut,
-                             magnitude_keys, magnitude_unstructured, schedule_sparsity,
-                             smallest_k_masks)
+from pruners.magnitude import (MagnitudeUnstructured, find_cut, magnitude_keys,
+                               magnitude_unstructured, smallest_k_masks)
+from pruners.songhan import SongHanPruner, adjusted_dropout, schedule_sparsity
 from tests.conftest import run_script
 from utils import checkpoints
 from utils.data import Split
