@@ -124,19 +124,24 @@ def clear_normalization_masks(model: nn.Module) -> None:
 
 def group_rows(model: nn.Module, graph: DependencyGraph, group: Group) -> torch.Tensor:
     """One row per channel set of ``group``: the filters of every conv or linear layer that
-    writes it, concatenated (weights only, as FPGM compares filters). Every set of a group has
-    the same writers, so the rows have one length; with one writer they are its filters."""
+    writes it, concatenated (weights only, as FPGM compares filters); with one writer they are
+    its filters. A writer of only some of the sets (a group merged because its units span a
+    chunk's halves) contributes zeros for the others, so every row has one length."""
     parts = []
     for use in graph.uses:
         if not (use.writes and use.key.endswith(".weight") and use.layer in group.writers
                 and use.dim == 0):
             continue
         where = {s: p for p, s in enumerate(use.sets)}
-        if not all(s in where for s in group.sets):
+        present = [p for p, s in enumerate(group.sets) if s in where]
+        if not present:
             continue
         tensor = tensor_at(model, use.key).detach()
-        rows = tensor.index_select(0, torch.tensor([where[s] for s in group.sets], device=tensor.device))
-        parts.append(rows.flatten(1).to(parts[0].device if parts else rows.device))
+        taken = tensor.index_select(0, torch.tensor([where[group.sets[p]] for p in present],
+                                                    device=tensor.device)).flatten(1)
+        rows = taken.new_zeros(len(group.sets), taken.shape[1])
+        rows[torch.tensor(present, device=rows.device)] = taken
+        parts.append(rows.to(parts[0].device if parts else rows.device))
     return torch.cat(parts, dim=1)
 
 

@@ -258,3 +258,21 @@ def test_magnitude_pruned_resnet_gets_flop_percent_from_what_each_layer_reads():
     assert block["flop_density"] == pytest.approx(weight_density * reads["layer2.1.conv1"])
     assert rows["conv1"]["flop_density"] == pytest.approx(rows["conv1"]["nonzero"] / rows["conv1"]["weights"])
     assert "Act% = share of nonzero values in what the layer reads" in render_markdown(table)
+
+
+def test_chunk_halves_flowing_to_different_layers_are_one_group_of_pairs():
+    """chunk(2) splits at half the width, so channel i of each half leaves together: the halves
+    (here one passed through, one through a depthwise conv) merge into one group whose units
+    are the pairs, and the removal is exact."""
+    from tests.user_models import SplitBlock
+    from pruners import ChannelPruner
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), SplitBlock(8), nn.Conv2d(8, 4, 1))
+    pruner = ChannelPruner(model, torch.randn(2, 3, 8, 8), criterion="l1norm", rate=0.5)
+    (group,) = [g for g in pruner.groups if g.name == "0"]
+    assert not group.fixed and group.writers == ("0", "1.depthwise")
+    assert sorted(len(u) for u in group.units) == [2] * 4
+    assert sorted(sorted(u) for u in group.units) == [[0, 4], [1, 5], [2, 6], [3, 7]]
+    pruner.step()
+    small = pruner.compact()
+    assert small[0].out_channels == 4 and small[1].depthwise.groups == 2
+    assert pruner.compact_difference < 1e-5

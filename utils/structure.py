@@ -74,8 +74,10 @@ def structure(original: Optional[nn.Module], compact: nn.Module) -> Dict[str, di
         attributes = {a: _plain(getattr(module, a)) for a in followed_attributes(module)}
         old_attributes = {a: _plain(getattr(old, a)) for a in followed_attributes(old)}
         if new_shapes != shapes(old) or attributes != old_attributes:
+            # The shapes before too: a loader checks that it shrinks the model this was pruned
+            # from, not one that merely takes the new shapes.
             changed[name] = {"type": type(module).__name__, "shapes": new_shapes,
-                             "attributes": attributes}
+                             "attributes": attributes, "original_shapes": shapes(old)}
     return changed
 
 
@@ -97,6 +99,10 @@ def apply_structure(model: nn.Module, changes: Dict[str, dict], source: str = "t
                             f"but the model built from it has {found} there: the file does not "
                             "belong to this model")
         current = shapes(module)
+        original = change.get("original_shapes")
+        if original is not None and current != original:
+            raise UserError(f"{source}: {name} was pruned from shapes {original}, but the model "
+                            f"built for it has {current}: the file does not belong to this model")
         for tensor, shape in change.get("shapes", {}).items():
             if tensor not in current or len(current[tensor]) != len(shape):
                 raise UserError(f"{source}: {name}.{tensor} has shape {shape}, which the model "

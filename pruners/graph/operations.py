@@ -297,7 +297,7 @@ class Walk(torch.fx.Interpreter):
             groups.append(Group(name=name, sets=sets, writers=signature,
                                 residual=any(s in added for s in sets), fixed=bool(reasons),
                                 reason=reasons[0] if reasons else "", units=units))
-        _fix_groups_sharing_units(groups, unit_of)
+        groups = _merge_groups_sharing_units(groups, unit_of, order)
         for use in self.uses:
             use.sets = self.uf.roots(torch.tensor(use.ids, dtype=torch.long)).tolist() if use.ids else []
         for record in self.normalizations + self.sizes:
@@ -329,17 +329,44 @@ def _group_units(sets: List[int], unit_of: Dict[int, int]) -> Tuple[List[List[in
     return units, ""
 
 
-def _fix_groups_sharing_units(groups: List[Group], unit_of: Dict[int, int]) -> None:
-    """A unit that spans two groups cannot leave with either alone."""
-    owner: Dict[int, Group] = {}
-    for group in groups:
+def _merge_groups_sharing_units(groups: List[Group], unit_of: Dict[int, int],
+                                order: Dict[str, int]) -> List[Group]:
+    """A unit that spans two groups leaves from both at once, so they are one group: chunk(2)
+    of a conv's output whose halves then flow to different layers (each keeps as many
+    channels), a GroupNorm group over channels of a concatenation. The merged group keeps the
+    first one's name; its units are the coupled channels."""
+    parent = list(range(len(groups)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    owner: Dict[int, int] = {}
+    for index, group in enumerate(groups):
         for s in group.sets:
-            other = owner.setdefault(unit_of.get(s, s), group)
-            if other is not group:
-                for g in (group, other):
-                    if not g.fixed:
-                        g.fixed, g.reason = True, (f"a grouped convolution or GroupNorm couples its "
-                                                   f"channels with those of {other.name if g is group else group.name}")
+            other = owner.setdefault(unit_of.get(s, s), index)
+            if root(other) != root(index):
+                parent[max(root(other), root(index))] = min(root(other), root(index))
+    members: Dict[int, List[Group]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(root(index), []).append(group)
+    merged = []
+    for parts in members.values():
+        if len(parts) == 1:
+            merged.append(parts[0])
+            continue
+        sets = [s for g in parts for s in g.sets]
+        writers = tuple(sorted({w for g in parts for w in g.writers}, key=order.get))
+        reasons = [g.reason for g in parts if g.fixed]
+        units, why = _group_units(sets, unit_of)
+        if why:
+            reasons.append(why)
+        merged.append(Group(name=parts[0].name, sets=sets, writers=writers,
+                            residual=any(g.residual for g in parts), fixed=bool(reasons),
+                            reason=reasons[0] if reasons else "", units=units))
+    return merged
 
 
 # ==== handlers ===================================================================================

@@ -77,11 +77,12 @@ def builder_spec(model: nn.Module, builder=None, builder_kwargs: Optional[dict] 
         import_builder(name)
         return {"kind": "callable", "name": name, "kwargs": kwargs}
     builder = str(builder)
+    if ":" in builder:  # package.module:function, torchvision's own classes included
+        import_builder(builder)
+        return {"kind": "callable", "name": builder, "kwargs": kwargs}
     for prefix in ("torchvision.models.", "torchvision."):
         if builder.startswith(prefix):
             return {"kind": "torchvision", "name": builder[len(prefix):], "kwargs": kwargs}
-    if ":" in builder:
-        return {"kind": "callable", "name": builder, "kwargs": kwargs}
     return {"kind": "registered", "name": builder, "kwargs": kwargs}
 
 
