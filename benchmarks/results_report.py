@@ -109,8 +109,6 @@ def kept_rows(found: Dict[str, dict]) -> list:
 
 # ---- side tables: methods on equal terms, Deep Compression, sensitivity ----------------------
 
-METHOD_NAMES = {"fpgm": "FPGM (He et al. 2019)", "l1norm": "L1 norm (Li et al. 2017)",
-                "sfp": "SFP (He et al. 2018)"}
 # Deep Compression (Han et al., ICLR 2016), Table 1
 DEEP_COMPRESSION_PAPER = {
     "lenet_300_100": {"dense": "1070 KB", "final": "27 KB, 40x", "top1": "98.42% (1.58% error)",
@@ -125,7 +123,9 @@ def _method_name(record: dict) -> str:
     if record["method"] == "fpgm" and record["flags"].get("fpgm_norm_rate"):
         return (f"FPGM-mix ({record['flags']['cut_rate']:.0%} median + "
                 f"{record['flags']['fpgm_norm_rate']:.0%} norm)")
-    return METHOD_NAMES.get(record["method"], record["method"])
+    method = record["method"]
+    known = method in pruners.pruner_names() and pruners.pruner_class(method).citation
+    return known or method
 
 
 def _schedule(record: dict) -> str:
@@ -184,6 +184,37 @@ def equal_terms_section(found: Dict[str, dict]) -> List[str]:
               "channels_last, as a deployment runtime runs them (n/a: recorded before pruning.py "
               f"timed it).{timed}", ""]
     return lines
+
+
+def any_model_section(found: Dict[str, dict]) -> List[str]:
+    """A torchvision model the toolkit does not ship, trained and pruned from the command line."""
+    runs = [(e, found.get(e.id)) for e in EXPERIMENTS if e.study == "any_model"]
+    runs = [(e, r) for e, r in runs if r is not None]
+    if not runs:
+        return []
+    rows = []
+    for experiment, r in runs:
+        pruned = r.get("method") is not None
+        rows.append([_method_name(r) if pruned else "none (baseline)",
+                     _schedule(r) if pruned else _epochs(r["flags"]["epochs"]),
+                     (f"{r['parent_top1_acc']:.2%} -> " if pruned else "") + f"{r['top1_acc']:.2%}",
+                     f"{r['parameters']:,}",
+                     f"{r['nonzero_flops']:,}" + (f" ({r['nonzero_flops'] / r['parent_flops'] - 1:+.1%})"
+                                                  if pruned else ""),
+                     f"{r['speedup']:.2f}x" if pruned else NA,
+                     f"{r['deployed_speedup']:.2f}x" if "deployed_speedup" in r else NA])
+    model = runs[0][1]["model"]
+    return [f"#### Any torchvision model: `--model={model}` (Fashion-MNIST)", "",
+            "torchvision's own MobileNetV2 (depthwise convolutions, inverted residuals), built "
+            "from the command line with `num_classes` from the dataset and grey images repeated "
+            "to three channels at 28x28, pruned through the same dependency graph and surgery as "
+            "the toolkit's own models (block-internal channels: the expanded channels of each "
+            "inverted residual and its depthwise convolution). One run each (seed 0).", "",
+            markdown_table(["Method", "Schedule", "Top1", "Parameters", "FLOPs", "Speed-up",
+                            "Deployed"], rows,
+                           align=["left", "left", "right", "right", "right", "right", "right"]),
+            "", "Speed-ups: batch 256 throughput against the baseline in the same pruning.py "
+                "process, eager and deployed (BatchNorm folded, channels_last).", ""]
 
 
 def deep_compression_section(found: Dict[str, dict]) -> List[str]:
@@ -340,6 +371,7 @@ def render_report(records: Sequence[dict], plots: Sequence[str] = (),
         lines += [f"![{Path(path).stem.replace('_', ' ')}]({path})", ""]
 
     lines += equal_terms_section(found)
+    lines += any_model_section(found)
     lines += deep_compression_section(found)
     lines += sensitivity_section(found, link)
 

@@ -96,6 +96,8 @@ class Pruner:
     sparse_checkpoint = False
     # Whether prune() keeps the model's architecture (masks) or builds a smaller one.
     structured = False
+    # How reports name the method: its paper, or the method's own name when unset.
+    citation = ""
 
     @staticmethod
     def add_arguments(group) -> None:

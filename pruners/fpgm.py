@@ -15,6 +15,7 @@ class FPGMPruner(StructuredPruner):
     """He et al. 2019: geometric median, soft schedule (the paper's)."""
 
     default_mode = "soft"
+    citation = "FPGM (He et al. 2019)"
 
     @staticmethod
     def add_arguments(group) -> None:

@@ -18,6 +18,7 @@ class L1NormPruner(StructuredPruner):
     """Li et al. 2017: smallest L1 norm, pruned once then retrained (fixed schedule)."""
 
     default_mode = "fixed"
+    citation = "L1 norm (Li et al. 2017)"
 
     def make_criterion(self):
         return L1Norm()
@@ -28,6 +29,7 @@ class SoftFilterPruner(StructuredPruner):
     """He et al. 2018: smallest L2 norm, re-selected and zeroed every epoch (soft schedule)."""
 
     default_mode = "soft"
+    citation = "SFP (He et al. 2018)"
 
     def make_criterion(self):
         return SoftFilterNorm()
@@ -38,6 +40,7 @@ class TaylorPruner(StructuredPruner):
     """Molchanov et al. 2019: first-order Taylor importance from training batches."""
 
     default_mode = "soft"
+    citation = "Taylor (Molchanov et al. 2019)"
 
     def make_criterion(self):
         return Taylor()

@@ -58,6 +58,7 @@ class SongHanPruner(Pruner):
     """Magnitude pruning of individual weights, Han et al. 2015."""
 
     sparse_checkpoint = True  # unstructured zeros: the bitmask + values form shrinks the file
+    citation = "magnitude (Han et al. 2015)"
 
     @staticmethod
     def add_arguments(group) -> None:
