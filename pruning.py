@@ -191,7 +191,10 @@ def main(argv=None):
         args.learning_rate = (root_rate or 0.001) * RETRAIN_RATE_FACTOR
     settings = TrainingSettings.from_args(args)
     model = checkpoints.build_model(parent, device)  # a pruned model keeps its masks
-    pruner.check_model(model)  # rates, layer names, masks: refused before any training
+    try:
+        pruner.check_model(model)  # rates, layer names, masks: refused before any training
+    except UserError as exc:
+        raise cli.in_flag_words(exc, ("layer_rates", "exclude")) from None
     generator = seed_everything(args.seed)
     input_shape = tuple(parent["config"]["input_shape"])
     train, test, spec = script_setup.load_data(args, dataset, device, input_shape)

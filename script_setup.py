@@ -16,7 +16,7 @@ import torch
 
 import models
 from utils import data, distributed, training
-from utils.cli import (MAX_SEED, add_threads_arg, apply_threads, float_in, int_in,
+from utils.cli import (MAX_SEED, add_threads_arg, apply_threads, float_in, in_flag_words, int_in,
                        non_negative_float, non_negative_int, positive_float, positive_int)
 from utils.errors import UserError
 from utils.files import check_writable_dir
@@ -289,7 +289,10 @@ def start_runtime(args) -> torch.device:
     resolve_device(args.device)  # the flag's own error before any process group
     device = distributed.start(args.device)
     if hasattr(args, "amp"):  # before any data is read: --amp on a CPU, --compile without a compiler
-        training.acceleration.check_acceleration(args.compile, args.amp, device)
+        try:
+            training.acceleration.check_acceleration(args.compile, args.amp, device)
+        except UserError as exc:
+            raise in_flag_words(exc, ("amp", "compile")) from None
     if getattr(args, "sync_bn", False):
         if not distributed.active():
             raise UserError("--sync_bn shares BatchNorm statistics between the processes of a "

@@ -114,14 +114,14 @@ class SongHanPruner(Pruner):
         self.adjust_dropout = bool(adjust_dropout)
         self.sparse_inference = sparse_inference
         if self.quality is not None and not (math.isfinite(self.quality) and self.quality > 0):
-            raise UserError(f"--quality must be a positive number (Han et al. use about 0.5-2), "
+            raise UserError(f"quality must be a positive number (Han et al. use about 0.5-2), "
                             f"got {self.quality}")
         if self.scope not in SCOPES:
-            raise UserError(f"--prune_scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+            raise UserError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if self.rounds < 1:
-            raise UserError(f"--pruning_epochs must be at least 1, got {self.rounds}")
+            raise UserError(f"rounds must be at least 1, got {self.rounds}")
         if self.sparse_inference not in SPARSE_INFERENCE_MODES:
-            raise UserError(f"--sparse_inference must be one of "
+            raise UserError(f"sparse_inference must be one of "
                             f"{', '.join(SPARSE_INFERENCE_MODES)}, got {self.sparse_inference!r}")
         self._record: Dict = {}
         self._start_sparsity = 0.0
@@ -187,12 +187,12 @@ class SongHanPruner(Pruner):
         never = [f"{name} ({type(modules[name]).__name__})" for name in self.layer_rates
                  if name in modules and name not in layers]
         if never:
-            raise UserError(f"--layer_rates names {', '.join(never)}, which songhan never prunes: "
+            raise UserError(f"layer_rates names {', '.join(never)}, which songhan never prunes: "
                             f"it prunes the weights of conv and linear layers only "
                             f"({', '.join(layers)})")
         unknown = [name for name in self.layer_rates if name not in layers]
         if unknown:
-            raise UserError(f"--layer_rates names no layer of {type(model).__name__}: "
+            raise UserError(f"layer_rates names no layer of {type(model).__name__}: "
                             f"{', '.join(unknown)}; its layers are {', '.join(layers)}")
         for layer in self.layer_rates:
             pruned, total = self._count(model, [layer])

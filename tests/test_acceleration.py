@@ -201,7 +201,7 @@ def test_a_missing_cpu_compiler_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(config.cpp, "cxx", ("no-such-compiler-here",))
     cpp_compiler_search.cache_clear()
     try:
-        with pytest.raises(UserError, match="--compile: .*C\\+\\+ compiler"):
+        with pytest.raises(UserError, match="^compile: .*C\\+\\+ compiler"):
             TrainingAccelerator(compile=True, device=CPU)
     finally:
         monkeypatch.undo()

@@ -246,7 +246,7 @@ def test_dropout_rule_and_its_use_on_lenet_5():
 
 def test_bad_flags_are_user_errors_at_construction():
     for bad in (0.0, -1.0, float("nan")):
-        with pytest.raises(UserError, match="--quality must be a positive number"):
+        with pytest.raises(UserError, match="quality must be a positive number"):
             SongHanPruner.from_args(_args(quality=bad))
     with pytest.raises(UserError, match=r"^cut_rate must be in \[0, 1\)"):
         SongHanPruner.from_args(_args(cut_rate=1.0))

@@ -8,6 +8,7 @@ script_setup.py, beside the scripts."""
 import argparse
 import logging
 import math
+import re
 import sys
 
 import torch
@@ -86,6 +87,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.required or action.default is None or action.default is argparse.SUPPRESS:
             return action.help
         return super()._get_help_string(action)
+
+
+def in_flag_words(error: UserError, names) -> UserError:
+    """``error`` (raised by code that speaks in keyword arguments: ``amp='bf16' needs ...``) as
+    the command line says it (``--amp=bf16 needs ...``), for the keywords ``names`` that are
+    flags of the same name. Library messages name arguments; a script's names its flags."""
+    message = str(error)
+    for name in names:
+        message = re.sub(rf"(?<![\w-]){name}='([^']*)'", rf"--{name}=\1", message)
+        message = re.sub(rf"(?<![\w-]){name}(?=[=: ])", f"--{name}", message)
+    return UserError(message)
 
 
 def describe(docstring: str) -> str:

@@ -80,7 +80,7 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
         import onnx  # noqa: F401  (the exporter's own import error names less clearly)
         import onnxscript  # noqa: F401
     except ImportError as exc:
-        raise UserError(f"--export onnx needs the {exc.name} package: pip install onnx onnxscript")
+        raise UserError(f"ONNX export needs the {exc.name} package: pip install onnx onnxscript")
     if len(example) < 2:  # a batch of 1 would be specialised into the graph
         example = torch.cat([example, example])
     with _quiet_loggers("onnxscript", "onnx_ir", "torch.onnx", "torch.export"):

@@ -413,13 +413,13 @@ def load_dataset(name: str, data_dir="./data", device="cpu", download: bool = Tr
         raise UserError(f"unknown data loader {loader!r}; choose one of: {', '.join(DATA_LOADERS)}")
     if name in FOLDER_DATASETS:
         if loader == "tensor":
-            raise UserError(f"--data_loader=tensor would decode all of {name} into memory; "
-                            "folder datasets stream (leave --data_loader at auto)")
+            raise UserError(f"loader='tensor' would decode all of {name} into memory; "
+                            "folder datasets stream (use the auto loader)")
         spec = folder_spec(name, data_dir, image_size or DEFAULT_IMAGE_SIZE)
         train, test = load_folders(spec, data_dir, device, workers)
         return train, test, spec
     if image_size is not None:
-        raise UserError(f"--image_size applies to folder datasets; {name} images are "
+        raise UserError(f"image_size applies to folder datasets; {name} images are "
                         f"{'x'.join(map(str, get_spec(name).input_shape[1:]))}")
     spec, data_dir = get_spec(name), Path(data_dir)
     try:

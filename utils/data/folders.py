@@ -66,7 +66,7 @@ def folder_spec(name: str, data_dir, image_size: int = DEFAULT_IMAGE_SIZE) -> Fo
         raise UserError(f"{data_dir}/train has {len(train)} class folders, ImageNet has "
                         f"{IMAGENET_CLASSES}; for another set of classes use --dataset=folder")
     if image_size < 8:
-        raise UserError(f"--image_size={image_size} is too small; give 8 or more (224 for ImageNet)")
+        raise UserError(f"image_size={image_size} is too small; give 8 or more (224 for ImageNet)")
     return FolderSpec(name, (3, image_size, image_size), len(train), train)
 
 

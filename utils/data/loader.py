@@ -54,10 +54,10 @@ def split_validation(split: Split, fraction: float, seed: int) -> Tuple[Split, S
     seeded with ``seed`` (so the same images on every run and device, whatever else drew from
     the global generators); both keep the original order."""
     if not 0 < fraction < 1:
-        raise UserError(f"--val_split must be in (0, 1), got {fraction}")
+        raise UserError(f"the validation fraction must be in (0, 1), got {fraction}")
     count = int(round(len(split) * fraction))
     if not 0 < count < len(split):
-        raise UserError(f"--val_split={fraction} of {len(split)} images leaves no validation or "
+        raise UserError(f"a validation fraction of {fraction} of {len(split)} images leaves no validation or "
                         "no training images")
     order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))
     held = torch.zeros(len(split), dtype=torch.bool)

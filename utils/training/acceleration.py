@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.nn.utils.prune as prune
 
-from utils.cli import str2bool
+from utils.cli import in_flag_words, str2bool
 from utils.errors import UserError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -122,20 +122,20 @@ def _refresh_pruned(model: nn.Module) -> None:
 
 def check_acceleration(compile: bool, amp: Optional[str], device: torch.device,
                        compile_backend: str = "inductor") -> None:
-    """The errors a user can cause with --compile and --amp, raised as soon as the device is
+    """The errors a user can cause with compile and amp (--compile, --amp), raised as soon as the device is
     known (scripts call this before loading data; TrainingAccelerator again at construction)."""
     if amp is not None and amp not in AMP_DTYPES:
-        raise UserError(f"--amp must be one of {', '.join(AMP_DTYPES)} or off, got {amp!r}")
+        raise UserError(f"amp must be one of {', '.join(AMP_DTYPES)} or off, got {amp!r}")
     if amp is not None and device.type != "cuda":
-        raise UserError(f"--amp={amp} needs a CUDA device (the device is {device.type}); on "
-                        "a CPU bf16 autocast made training 2-20x slower here: drop --amp")
+        raise UserError(f"amp={amp!r} needs a CUDA device (the device is {device.type}); on "
+                        "a CPU bf16 autocast made training 2-20x slower here: train without it")
     if amp == "bf16" and not torch.cuda.is_bf16_supported():
-        raise UserError("--amp=bf16 needs a GPU with bfloat16 support (Ampere or later); "
-                        "use --amp=fp16")
+        raise UserError("amp='bf16' needs a GPU with bfloat16 support (Ampere or later); "
+                        "use amp='fp16'")
     if compile and compile_backend == "inductor":
         reason = compile_unavailable_reason(device)
         if reason is not None:
-            raise UserError(f"--compile: {reason}; or train without --compile")
+            raise UserError(f"compile: {reason}; or train without compiling")
 
 
 class TrainingAccelerator:
@@ -317,4 +317,7 @@ def accelerator_from_args(args, device: torch.device,
                           model: Optional[nn.Module] = None) -> TrainingAccelerator:
     """The accelerator the flags ask for (auto resolved for ``model`` on ``device``)."""
     from utils.training.settings import TrainingSettings
-    return TrainingAccelerator.from_settings(TrainingSettings.from_args(args), device, model)
+    try:
+        return TrainingAccelerator.from_settings(TrainingSettings.from_args(args), device, model)
+    except UserError as exc:
+        raise in_flag_words(exc, ("amp", "compile")) from None
