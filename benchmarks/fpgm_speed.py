@@ -79,7 +79,8 @@ def get_args_parser():
                         help="rounds for the architectures; in each, every model (dense, compact, "
                              "each inference form) runs one untimed then one timed pass in turn")
     parser.add_argument("--resnet50_rounds", type=cli.positive_int, default=5,
-                        help="rounds for resnet50 (a batch of 64 at 224x224 is about 530 GFLOP: "
+                        help="rounds for resnet50 and mobilenet_v2 (a batch of 64 at 224x224 is about 530 GFLOP "
+                             "for resnet50: "
                              "seconds per pass on a CPU)")
     parser.add_argument("--inference", choices=("eager", "deployed", "both"), default="both",
                         help="time models as trained (eager), as a deployment runtime runs them "
@@ -139,7 +140,8 @@ def compare(dense, compact, args, label, rounds, samples, warmup, batch_size=Non
     throughput = compare_inference(timed, batch, rounds * samples, rounds, warmup)
     latency = compare_inference(timed, single, rounds * samples, rounds, warmup)
     print(f"\n{label}")
-    print(f"  widths              {list(dense.widths)} -> {list(compact.widths)}")
+    if getattr(dense, "widths", None) is not None:
+        print(f"  widths              {list(dense.widths)} -> {list(compact.widths)}")
     print(f"  parameters          {sum(p.numel() for p in dense.parameters()):,} -> "
           f"{sum(p.numel() for p in compact.parameters()):,}")
     print(f"  FLOPs per image     {f_dense:,} -> {f_compact:,}  ({1 - f_compact / f_dense:.1%} fewer, "
@@ -170,15 +172,22 @@ def compare(dense, compact, args, label, rounds, samples, warmup, batch_size=Non
             "flops": {"dense": f_dense, "compact": f_compact, "paper_counting": claimed_flops}}
 
 
-# (label, model, cut rate, --prune_residual, --channel_multiple): the paper's architectures,
-# random weights (speed depends on the widths only).
+# (label, model, cut rate, --prune_residual, --channel_multiple, input shape): the paper's
+# architectures and torchvision's MobileNetV2, random weights (speed depends on the widths only).
+# resnet50 resizes its 32x32 input to 224x224 itself; mobilenet_v2 is torchvision's own model
+# (--model=torchvision.mobilenet_v2), given 224x224 inputs.
 ARCHITECTURES = {
-    "resnet56": ("resnet56, fpgm 40%, block-internal channels", "resnet56", 0.4, False, 1),
-    "resnet56_residual": ("resnet56, fpgm 40%, with --prune_residual", "resnet56", 0.4, True, 1),
+    "resnet56": ("resnet56, fpgm 40%, block-internal channels", "resnet56", 0.4, False, 1, (3, 32, 32)),
+    "resnet56_residual": ("resnet56, fpgm 40%, with --prune_residual", "resnet56", 0.4, True, 1,
+                          (3, 32, 32)),
     "resnet56_residual_aligned": ("resnet56, fpgm 40%, --prune_residual --channel_multiple=8",
-                                  "resnet56", 0.4, True, 8),
-    "resnet50": ("resnet50 (224x224), fpgm 30%, block-internal channels", "resnet50", 0.3, False, 1),
+                                  "resnet56", 0.4, True, 8, (3, 32, 32)),
+    "resnet50": ("resnet50 (224x224), fpgm 30%, block-internal channels", "resnet50", 0.3, False, 1,
+                 (3, 32, 32)),
+    "mobilenet_v2": ("torchvision mobilenet_v2 (224x224), fpgm 30%, block-internal channels",
+                     "torchvision.mobilenet_v2", 0.3, False, 1, (3, 224, 224)),
 }
+LARGE = ("resnet50", "torchvision.mobilenet_v2")  # timed for --resnet50_rounds rounds
 
 
 # (channels in = out, height = width): resnet56's stages dense (16, 32, 64) and at 40% with
@@ -215,12 +224,12 @@ def architectures(args):
     resnet50) inputs."""
     results = {}
     for key in args.architectures:
-        label, name, rate, residual, multiple = ARCHITECTURES[key]
+        label, name, rate, residual, multiple, input_shape = ARCHITECTURES[key]
         torch.manual_seed(args.seed)
-        model = models.create_model(name, (3, 32, 32), 10).eval()
+        model = models.create_model(name, input_shape, 10).eval()
         compact, pruner = prune_untrained(model, rate, residual, multiple)
         claimed = paper_counted_flops(pruner.graph, layer_stats(model, model.input_shape), rate)
-        rounds = args.arch_rounds if name != "resnet50" else args.resnet50_rounds
+        rounds = args.resnet50_rounds if name in LARGE else args.arch_rounds
         results[key] = compare(model, compact.eval(), args, label, rounds, samples=1, warmup=1,
                                batch_size=args.arch_batch_size, claimed_flops=claimed)
     return results

@@ -28,6 +28,7 @@ import torch.nn as nn
 from utils import distributed
 from utils.errors import UserError
 from utils.files import atomic_write
+from utils.training.runlog import metrics_path_for
 
 STATE_FORMAT = "pruning-toolkit-resumable-run"
 STATE_VERSION = 1
@@ -336,7 +337,7 @@ class TrainingRun:
         self.log.close()
         if checkpoint is None:
             return None
-        return self.log.move_to(Path(checkpoint).with_suffix(".metrics.jsonl"))
+        return self.log.move_to(metrics_path_for(checkpoint))
 
     # -- inside ------------------------------------------------------------------------------
 
