@@ -65,6 +65,11 @@ def test_torchvision_model_trained_pruned_counted_and_rebuilt(trained, mnist_dir
     code, _ = run_script(calFLOP.main, [f"--load_folder_model={result['path']}", "--act_images=0"])
     assert code == 0
     assert "Compact model, against the unpruned model its builder makes" in capsys.readouterr().out
+    from utils import export
+    code, written = run_script(export.main, [f"--load_folder_model={result['path']}",
+                                             "--format", "onnx", f"--data_dir={mnist_dir}",
+                                             "--no_download", "--no_verify_data"])
+    assert code == 0 and written["onnx"]["path"].endswith(".onnx") and written["onnx"]["max_abs_diff"] < 1e-4
 
 
 def test_user_builder_through_every_method_kind(trained, mnist_dir, capsys):

@@ -276,3 +276,24 @@ def test_chunk_halves_flowing_to_different_layers_are_one_group_of_pairs():
     small = pruner.compact()
     assert small[0].out_channels == 4 and small[1].depthwise.groups == 2
     assert pruner.compact_difference < 1e-5
+
+
+class _BranchesOnValues(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+
+    def forward(self, x):
+        if x.sum() > 0:  # a Python branch on a tensor's value: torch.fx cannot trace it
+            return self.conv(x)
+        return self.conv(-x)
+
+
+def test_an_untraceable_model_is_refused_with_fx_reason_and_a_hint():
+    from pruners import ChannelPruner, UnsupportedOperation
+    with pytest.raises(UnsupportedOperation) as caught:
+        ChannelPruner(_BranchesOnValues(), (3, 8, 8))
+    message = str(caught.value)
+    assert message.startswith("_BranchesOnValues cannot be traced by torch.fx (TraceError:")
+    assert "fx_leaf = True" in message and "concrete_args" in message
+    assert len(message.splitlines()) == 1
