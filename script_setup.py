@@ -78,6 +78,10 @@ def fresh_model(args, spec, device="cpu", **extra) -> torch.nn.Module:
     """The model --model names, for the dataset ``spec`` describes, checked on one image before
     any work (a model that cannot take these images is one line naming --image_size)."""
     if models.is_external(args.model):
+        if extra.pop("pretrained", False):
+            raise UserError(f"--pretrained loads the toolkit's own models' ImageNet weights; "
+                            f"{args.model} starts from random weights here (a torchvision "
+                            "builder's weights= argument would download them)")
         extra.update(image_size=getattr(args, "image_size", None),
                      builder_kwargs=getattr(args, "model_kwargs", None))
     elif getattr(args, "model_kwargs", None):

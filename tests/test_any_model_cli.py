@@ -100,6 +100,7 @@ def test_user_builder_through_every_method_kind(trained, mnist_dir, capsys):
     (["--model=tests.user_models:tiny_net", '--model_kwargs={"depth": 3}'], "cannot be called with"),
     (["--model=lenet_300_100", '--model_kwargs={"a": 1}'], "--model_kwargs is for torchvision"),
     (["--model=torchvision.inception_v3"], "give --image_size=N"),
+    (["--model=torchvision.resnet18", "--pretrained"], "starts from random weights here"),
 ])
 def test_models_that_cannot_be_built_are_one_line(tmp_path, mnist_dir, capsys, argv, message):
     code, _ = run_script(baseline.main, [*argv, "--dataset=mnist", f"--data_dir={mnist_dir}",
