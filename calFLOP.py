@@ -30,6 +30,7 @@ def get_args_parser():
     parser.add_argument("--widths", type=cli.positive_int, nargs="+", default=None,
                         help="without a checkpoint: build --model at these widths (as a compact "
                              "model would have) instead of its default ones")
+    script_setup.add_model_kwargs_arg(parser)
     parser.add_argument("--act_images", type=cli.non_negative_int, default=DEFAULT_ACTIVATION_IMAGES,
                         help="test images over which a pruned checkpoint's Act%% is measured "
                              "(0: leave Han's Weights%%/Act%%/FLOP%% columns out)")
@@ -42,8 +43,9 @@ def get_args_parser():
 def build_table(args) -> dict:
     loaded = None
     if args.load_folder_model:
-        if args.widths:
-            raise UserError("--widths is for a model built from flags; a checkpoint brings its own")
+        if args.widths or args.model_kwargs:
+            raise UserError(f"{'--widths' if args.widths else '--model_kwargs'} is for a model built "
+                            "from flags; a checkpoint brings its own")
         loaded = load_model_file(args.load_folder_model, args.checkpoint_dir,
                                  expect_model=args.model, expect_dataset=args.dataset)
         model = checkpoints.build_model(loaded, masks=False)  # counted as stored

@@ -33,10 +33,7 @@ def add_model_args(parser, from_checkpoint: bool = False):
         parser.add_argument("--model", type=model_name, required=True, metavar="MODEL",
                             help=f"architecture to build: {models.MODEL_NAME_HELP}. Registered: "
                                  f"{', '.join(models.model_names())}")
-        parser.add_argument("--model_kwargs", type=json_object, default=None, metavar="JSON",
-                            help="keyword arguments of a torchvision or package.module:function "
-                                 "builder, as a JSON object (e.g. '{\"width_mult\": 0.5}'); "
-                                 "recorded in the checkpoint")
+        add_model_kwargs_arg(parser)
         parser.add_argument("--dataset", choices=data.dataset_names(), default="mnist",
                             help="dataset (decides input shape and classes); folder: any "
                                  "--data_dir with train/ and val/ folders of class sub-folders, "
@@ -53,6 +50,13 @@ def add_model_args(parser, from_checkpoint: bool = False):
                              "up here and in checkpoints/")
     parser.add_argument("--load_folder_model", default=None,
                         help="checkpoint name in --checkpoint_dir (with or without .pt) or a path")
+
+
+def add_model_kwargs_arg(parser):
+    parser.add_argument("--model_kwargs", type=json_object, default=None, metavar="JSON",
+                        help="keyword arguments of a torchvision or package.module:function "
+                             "builder, as a JSON object (e.g. '{\"width_mult\": 0.5}'); "
+                             "recorded in the checkpoint")
 
 
 def model_name(text: str) -> str:

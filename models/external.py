@@ -12,7 +12,9 @@ checkpoint rebuilds it from the file alone.
   training-mode outputs are tuples, which a plain classification loop does not take); the
   vision transformers get the input size (ViT's ``image_size``, MaxViT's ``input_size``).
 - a user builder gets ``num_classes``, and ``input_shape`` or ``in_channels`` when its signature
-  names them, plus ``builder_kwargs`` (JSON-able, from --model_kwargs).
+  names them, plus ``builder_kwargs`` (JSON-able, from --model_kwargs). torchvision's classes
+  named this way (``torchvision.models.vision_transformer:VisionTransformer`` with
+  --model_kwargs for a small one) get three channels, as its builders do.
 - ``image_size``: the adapter resizes inputs to image_size x image_size first (bilinear), for
   models that need a minimum or a fixed size (Inception v3 needs 75x75; the default is the
   dataset's own size).
@@ -34,6 +36,11 @@ def is_external(name: str) -> bool:
     return name.startswith(TORCHVISION_PREFIX) or ":" in name
 
 
+def is_torchvision_builder(name: str) -> bool:
+    """``torchvision.<name>``: one of torchvision.models' builders (not a module:function)."""
+    return name.startswith(TORCHVISION_PREFIX) and ":" not in name
+
+
 def torchvision_names() -> Sequence[str]:
     """torchvision's classification builders (torchvision.models, not its detection or video
     sub-packages)."""
@@ -44,7 +51,7 @@ def torchvision_names() -> Sequence[str]:
 def check_name(name: str) -> str:
     """``name`` if it can be built, else one UserError saying why (an unknown torchvision name,
     a module that does not import, a function it lacks)."""
-    if name.startswith(TORCHVISION_PREFIX):
+    if is_torchvision_builder(name):
         short = name[len(TORCHVISION_PREFIX):]
         if short not in torchvision_names():
             raise UserError(f"torchvision.models has no classification model {short!r}; choose "
@@ -108,13 +115,16 @@ class ExternalModel(nn.Module):
         self.num_classes = int(num_classes)
         self.options = {"image_size": image_size, "builder_kwargs": dict(builder_kwargs or {})}
         size = int(image_size or self.input_shape[-1])
-        if name.startswith(TORCHVISION_PREFIX):
+        if is_torchvision_builder(name):
             self.adapter = ImageAdapter(channels=3, size=int(image_size or 0))
             self.net = _torchvision_net(name[len(TORCHVISION_PREFIX):], self.num_classes, size,
                                         self.options["builder_kwargs"])
         else:
-            self.adapter = ImageAdapter(channels=self.input_shape[0], size=int(image_size or 0))
-            self.net = _user_net(name, self.input_shape[:1] + (size, size), self.num_classes,
+            # torchvision's own classes (torchvision.models.vision_transformer:VisionTransformer,
+            # to choose its size) take three channels like its builders.
+            channels = 3 if name.startswith("torchvision") else self.input_shape[0]
+            self.adapter = ImageAdapter(channels=channels, size=int(image_size or 0))
+            self.net = _user_net(name, (channels, size, size), self.num_classes,
                                  self.options["builder_kwargs"])
 
     def config(self) -> dict:

@@ -70,6 +70,10 @@ def layer_stats(model: nn.Module, input_shape) -> List[LayerStats]:
             hook.remove()
     stats = []
     for name, module in layers:
+        if name not in outputs:
+            # Never called as a module: its owner reads the weights directly (nn.MultiheadAttention's
+            # out_proj); counted with the owner's other parameters, not as a row.
+            continue
         out = outputs[name]
         uses = _uses_per_weight(module, out)
         weight = module.weight
