@@ -109,31 +109,58 @@ class Group:
 
 
 class UnionFind:
+    """Channel ids in sets; a set's root is its smallest id (so any order of merges gives the
+    same roots). The parents live in one tensor and every operation takes a tensor of ids at
+    once: a model has tens of thousands of channel ids, and a Python ``find`` per id was most of
+    the time it took to build the graph."""
+
     def __init__(self):
-        self.parent: List[int] = []
+        self._parents = torch.empty(0, dtype=torch.long)  # room to grow; the first ``count`` used
+        self.count = 0
+
+    @property
+    def parent(self) -> torch.Tensor:
+        """Each id's parent (a view: writing to it links ids)."""
+        return self._parents[:self.count]
 
     def new(self, count: int) -> torch.Tensor:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + count))
-        return torch.arange(start, start + count)
-
-    def find(self, item: int) -> int:
-        root = item
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[item] != root:
-            self.parent[item], item = root, self.parent[item]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+        start = self.count
+        if start + count > len(self._parents):  # double, so that n ids cost O(n) copies
+            grown = torch.empty(max(2 * len(self._parents), start + count, 1024), dtype=torch.long)
+            grown[:start] = self._parents[:start]
+            self._parents = grown
+        ids = torch.arange(start, start + count)
+        self._parents[start:start + count] = ids
+        self.count = start + count
+        return ids
 
     def roots(self, ids: torch.Tensor) -> torch.Tensor:
-        """``ids`` with every entry replaced by its root."""
-        unique, inverse = torch.unique(ids, return_inverse=True)
-        return torch.tensor([self.find(int(i)) for i in unique], dtype=torch.long)[inverse]
+        """``ids`` with every entry replaced by its root; the paths walked are compressed."""
+        parent = self.parent
+        flat = ids.reshape(-1)
+        found = parent[flat]
+        while True:
+            above = parent[found]
+            if torch.equal(above, found):
+                break
+            found = above
+        parent[flat] = found
+        return found.reshape(ids.shape)
+
+    def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Merge the set of ``a[i]`` with the set of ``b[i]`` for every i (same shapes). Each pass
+        links every differing pair's larger root to the smallest root it meets; a root linked by
+        several pairs keeps one of them, so passes repeat until every pair agrees (each pass
+        merges at least one pair of sets)."""
+        a, b = a.reshape(-1), b.reshape(-1)
+        while True:
+            root_a, root_b = self.roots(a), self.roots(b)
+            differ = root_a != root_b
+            if not bool(differ.any()):
+                return
+            root_a, root_b = root_a[differ], root_b[differ]
+            low, high = torch.minimum(root_a, root_b), torch.maximum(root_a, root_b)
+            self.parent.scatter_reduce_(0, high, low, reduce="amin")
 
 
 @dataclass
@@ -189,9 +216,3 @@ def ids_along(label: Label, dim: int, size: int) -> torch.Tensor:
     if ids.shape[dim] == 1:
         ids = ids.expand(*[size if d == dim % ids.dim() else s for d, s in enumerate(ids.shape)])
     return ids.movedim(dim, 0).reshape(size, -1)
-
-
-def unique_pairs(a: torch.Tensor, b: torch.Tensor) -> Sequence[Tuple[int, int]]:
-    pairs = torch.unique(torch.stack([a.flatten(), b.flatten()], dim=1), dim=0)
-    return [(int(x), int(y)) for x, y in pairs.tolist()]
-
