@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from pruners.graph import DependencyGraph, Group, build_graph
 from utils.errors import UnsupportedOperation, UserError
+from utils.gc_pause import gc_paused
 from utils.masks import (MaskedNormalization, detached_copy, make_permanent,  # noqa: F401
                          normalization_masks, set_normalization_mask)
 from utils.structure import (apply_structure, followed_attributes, set_tensor,  # noqa: F401
@@ -186,6 +187,7 @@ def follow_tensors(name: str, module: nn.Module, before: Dict[str, List[int]],
                 "follows)")
 
 
+@gc_paused()
 @torch.no_grad()
 def compact_model(model: nn.Module, pruned: Dict[str, Sequence[int]],
                   graph: Optional[DependencyGraph] = None, example_inputs=None) -> nn.Module:

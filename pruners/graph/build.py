@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from pruners.graph.core import DependencyGraph
 from pruners.graph.operations import Walk
+from utils.gc_pause import gc_paused
 from utils.tracing import traced
 
 
@@ -28,6 +29,7 @@ def as_inputs(model: nn.Module, example_inputs) -> Tuple[torch.Tensor, ...]:
                     f"(C, H, W); got {type(example_inputs).__name__}")
 
 
+@gc_paused()
 def build_graph(model: nn.Module, example_inputs) -> DependencyGraph:
     """Trace ``model`` and group its channels, running it once on ``example_inputs`` (a batch,
     a tuple of them, or an input shape for a zero batch of one). The model is traced in training
