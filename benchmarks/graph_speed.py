@@ -17,8 +17,9 @@ means the new code is faster); the last lines give the geometric means.
 
 Each worker also reports a digest of the graph it built (group names, sets, writers, flags,
 reasons and units; every recorded tensor use; set_of; normalisations and sizes) and of the
-compact model (parameter count): the two versions must agree on every model, or the script says
-which part differs and exits with code 1. --check_only does one round without timing claims.
+compact model (every tensor's bytes, every module's widths): the two versions must agree on
+every model, or the script says which part differs and exits with code 1. --check_only does one
+round and prints no speed-up.
 Times are wall-clock seconds with --threads torch threads on every side.
 """
 import hashlib
@@ -54,8 +55,21 @@ def graph_digest(graph, small) -> Dict[str, str]:
         "set_of": _digest(sorted([list(k), v] for k, v in graph.set_of.items())),
         "normalizations": _digest([[n.module, n.dim, n.ids, n.sets] for n in graph.normalizations]),
         "sizes": _digest([[s.module, s.attribute, s.ids, s.sets] for s in graph.sizes]),
-        "compact_params": str(sum(p.numel() for p in small.parameters())),
+        "compact_model": _state_digest(small),
     }
+
+
+def _state_digest(model) -> str:
+    """Every state_dict entry's name, shape and bytes, and every module's class and integer
+    attributes (the widths compaction sets)."""
+    digest = hashlib.sha256()
+    for key, tensor in model.state_dict().items():
+        digest.update(f"{key}{list(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    for name, module in model.named_modules():
+        widths = sorted((k, v) for k, v in vars(module).items() if type(v) in (int, tuple))
+        digest.update(f"{name}{type(module).__name__}{widths}".encode())
+    return digest.hexdigest()[:16]
 
 
 def time_ours(name: str, size: int, rate: float, residual: bool) -> dict:
@@ -225,7 +239,7 @@ def main(argv=None) -> int:
     if mismatches:
         print("GRAPHS DIFFER: " + "; ".join(mismatches))
         return 1
-    print(f"Graphs identical on all {len(args.models)} models (both variants).")
+    print(f"Graphs and compact models identical on all {len(args.models)} models (both variants).")
     return 0
 
 

@@ -24,7 +24,7 @@ The operations themselves are an explicit table (pruners/graph/operations.py); a
 receives a labelled tensor is refused with an UnsupportedOperation naming it.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.fx
@@ -177,12 +177,46 @@ class DependencyGraph:
 
     def __post_init__(self):
         self.group_of = {s: g for g in self.groups for s in g.sets}
+        self._by_name: Dict[str, Group] = {}
+        for group in self.groups:
+            self._by_name.setdefault(group.name, group)
+        self._uses_by_layer: Optional[Dict[str, List[Tuple[int, TensorUse]]]] = None
+        self._set_ids: Dict[int, Tuple[List[int], torch.Tensor]] = {}
+        self._set_count: Optional[int] = None
 
     def group(self, name: str) -> Group:
-        for group in self.groups:
-            if group.name == name:
-                return group
-        raise KeyError(name)
+        return self._by_name[name]
+
+    def uses_of(self, layers: Sequence[str]) -> List[TensorUse]:
+        """The recorded uses of ``layers``' tensors, in the order of ``uses``."""
+        if self._uses_by_layer is None:
+            self._uses_by_layer = {}
+            for position, use in enumerate(self.uses):
+                self._uses_by_layer.setdefault(use.layer, []).append((position, use))
+        found = [entry for layer in set(layers) for entry in self._uses_by_layer.get(layer, ())]
+        return [use for _, use in sorted(found, key=lambda entry: entry[0])]
+
+    # Positions by channel set, a whole dimension at once: masking and compaction look up every
+    # recorded dimension, and a Python membership test per index cost more than the surgery.
+
+    def set_mask(self, sets: Iterable[int]) -> torch.Tensor:
+        """A boolean per channel set id, True for ``sets`` (to pass to ``positions``)."""
+        if self._set_count is None:
+            records = [r.sets for r in self.uses + self.normalizations + self.sizes]
+            self._set_count = 1 + max((max(r) for r in records if r), default=-1)
+        mask = torch.zeros(self._set_count, dtype=torch.bool)
+        chosen = [s for s in sets if s < self._set_count]  # a set no record holds has no position
+        mask[torch.tensor(chosen, dtype=torch.long)] = True
+        return mask
+
+    def positions(self, record, mask: torch.Tensor) -> torch.Tensor:
+        """Positions along ``record``'s dimension (a TensorUse, Normalization or SizeUse) whose
+        channel set ``mask`` marks, ascending."""
+        cached = self._set_ids.get(id(record))
+        if cached is None or cached[0] is not record.sets:  # made once per list of sets
+            cached = (record.sets, torch.tensor(record.sets, dtype=torch.long))
+            self._set_ids[id(record)] = cached
+        return torch.nonzero(mask[cached[1]]).flatten()
 
     def group_at(self, layer: str, channel: int) -> Group:
         return self.group_of[self.set_of[(layer, channel)]]

@@ -815,16 +815,27 @@ def _cat(call: Call):
     dim = call.arg(1, "dim", 0) % call.value.dim()
     labelled = [l for l in labels if isinstance(l, Label)]
     channels_along = any(l.ids.shape[dim] > 1 for l in labelled)
+    # The operands' ids are laid out only along the dimensions some operand's ids vary on (and
+    # the one concatenated): a DenseNet block's H x W stays 1 x 1 instead of being materialised.
+    rank = call.value.dim()
+    varying = {d for l in labelled for d, size in enumerate(_with_rank(l.ids, rank).shape)
+               if size > 1} | {dim}
     parts = []
     for tensor, label in zip(tensors, labels):
+        shape = [size if d in varying else 1 for d, size in enumerate(tensor.shape)]
         if isinstance(label, Label):
-            parts.append(_expand(label, tensor))
+            parts.append(_with_rank(label.ids, rank).expand(shape))
         elif channels_along and not isinstance(label, Attr):
-            parts.append(walk.fresh(tensor, dim).ids.expand(tensor.shape))
+            parts.append(walk.fresh(tensor, dim).ids.expand(shape))
         else:
             call.refuse("torch.cat of a tensor without channel ids along a dimension that holds "
                         "none" if not channels_along else "torch.cat of a parameter")
     return walk.compress(torch.cat(parts, dim))
+
+
+def _with_rank(ids: torch.Tensor, rank: int) -> torch.Tensor:
+    """``ids`` with leading dimensions of size 1 up to ``rank`` (as broadcasting would add)."""
+    return ids.reshape([1] * (rank - ids.dim()) + list(ids.shape))
 
 
 @function_handler(F.pad)
