@@ -151,7 +151,7 @@ def get_args_parser():
     parser.add_argument("--models", nargs="*", default=DEFAULT_MODELS,
                         help=f"torchvision model names (default: {' '.join(DEFAULT_MODELS)})")
     parser.add_argument("--image_size", type=cli.positive_int, default=224,
-                        help="input height and width (default: 224)")
+                        help="input height and width (default: 224; inception_v3 always 299)")
     parser.add_argument("--rate", type=cli.fraction, default=0.3,
                         help="fraction of every prunable group's channels removed (default: 0.3)")
     parser.add_argument("--rounds", type=cli.positive_int, default=3,
@@ -159,11 +159,17 @@ def get_args_parser():
     parser.add_argument("--threads", type=cli.positive_int, default=1,
                         help="torch CPU threads of every worker (default: 1)")
     parser.add_argument("--torch_pruning", action="store_true",
-                        help="also time Torch-Pruning's MetaPruner (build + step, benchmarks/zoo.py's "
-                             "way) beside ours")
+                        help="also time Torch-Pruning's MetaPruner (build + step, as "
+                             "benchmarks/zoo.py does) beside ours")
     parser.add_argument("--check_only", action="store_true",
                         help="one round: compare the two versions' graphs, print no speed-up")
     return parser
+
+
+def input_size(name: str, args) -> int:
+    """--image_size, or the size a model needs (benchmarks/zoo.py's: 299 for inception_v3)."""
+    from benchmarks.zoo import NATIVE_SIZES
+    return NATIVE_SIZES.get(name, args.image_size)
 
 
 def geometric_mean(values: List[float]) -> float:
@@ -189,7 +195,7 @@ def main(argv=None) -> int:
                     for w in order:
                         per_variant = []
                         for residual in ((False, True) if w.side != "tp" else (False,)):
-                            answer = w.ask(model=name, size=args.image_size, rate=args.rate,
+                            answer = w.ask(model=name, size=input_size(name, args), rate=args.rate,
                                            residual=residual)
                             if "error" in answer:
                                 raise SystemExit(f"{name} ({w.side}): {answer['error']}")
@@ -213,7 +219,9 @@ def main(argv=None) -> int:
           f"input {args.image_size}; old = {args.baseline}, new = working tree"
           + ("; tp = Torch-Pruning MetaPruner build + step (one variant)" if args.torch_pruning
              else ""))
-    header = ["model", "old s", "new s", "speed-up"] + (["tp s", "new/tp"] if args.torch_pruning else [])
+    header = ["model", "old s", "new s", "speed-up"]
+    if args.torch_pruning:
+        header += ["tp s", "new/tp"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     speedups, versus_tp = [], []

@@ -260,8 +260,8 @@ def _smaller_tensors(model: nn.Module, cuts: Dict[str, List[Tuple[int, torch.Ten
     ``model`` that loses indices and belongs to one module alone: the copy is made with these,
     so it never copies a full tensor only to cut it (most of a VGG's 0.5 GB). Tensors under a
     pruning mask, and shared ones, are cut in the copy instead."""
-    owners = Counter(id(t) for _, t in itertools.chain(
-        model.named_parameters(remove_duplicate=False), model.named_buffers(remove_duplicate=False)))
+    owners = Counter(id(t) for _, t in itertools.chain(model.named_parameters(remove_duplicate=False),
+                                                       model.named_buffers(remove_duplicate=False)))
     modules = dict(model.named_modules())
     smaller = {}
     for key, dims in cuts.items():

@@ -200,7 +200,7 @@ class Walk(torch.fx.Interpreter):
 
     def fix(self, ids: torch.Tensor, reason: str) -> None:
         for i in torch.unique(ids).tolist():
-            self.fixed.setdefault(int(i), reason)
+            self.fixed.setdefault(i, reason)
 
     def read(self, label: Label, dim: int, size: int) -> torch.Tensor:
         """The id at each position of ``dim`` (size ``size``), merging whatever ids a position
@@ -303,7 +303,7 @@ class Walk(torch.fx.Interpreter):
         """Every record's ``sets``: its ids' roots, now that every merge is done (one lookup for
         all records)."""
         records = self.uses + self.normalizations + self.sizes
-        ids = [self.recorded[(r.key, r.dim)] if isinstance(r, TensorUse)
+        ids = [self.recorded[(r.key, r.dim)].reshape(-1) if isinstance(r, TensorUse)
                else torch.tensor(r.ids, dtype=torch.long) for r in records]
         if not records:
             return
