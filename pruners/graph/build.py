@@ -7,7 +7,7 @@ import torch.nn as nn
 from pruners.graph.core import DependencyGraph
 from pruners.graph.operations import Walk
 from utils.gc_pause import gc_paused
-from utils.tracing import traced
+from utils.tracing import traced_graph
 
 
 def as_inputs(model: nn.Module, example_inputs) -> Tuple[torch.Tensor, ...]:
@@ -39,10 +39,10 @@ def build_graph(model: nn.Module, example_inputs) -> DependencyGraph:
     was_training = model.training
     model.train()
     try:
-        graph_module = traced(model)
+        fx_graph = traced_graph(model)
         model.eval()
         with torch.no_grad():
-            graph = Walk(graph_module, model).run(*inputs)
+            graph = Walk(fx_graph, model).run(*inputs)
     finally:
         model.train(was_training)
     graph.example_inputs = tuple(x.detach() for x in inputs)

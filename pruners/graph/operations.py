@@ -111,8 +111,10 @@ def _has_attr(label) -> bool:
 class Walk(torch.fx.Interpreter):
     """Runs the traced model once and labels every tensor (see pruners/graph/core.py)."""
 
-    def __init__(self, graph_module: torch.fx.GraphModule, model: nn.Module):
-        super().__init__(graph_module)
+    def __init__(self, graph: torch.fx.Graph, model: nn.Module):
+        # The model itself runs the graph's nodes (its targets name the model's modules): a
+        # GraphModule would only generate and compile code the walk never calls.
+        super().__init__(model, graph=graph)
         self.extra_traceback = False  # a refusal stays the one line it is
         self.model = model
         self.modules = dict(model.named_modules())
