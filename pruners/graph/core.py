@@ -214,9 +214,14 @@ class DependencyGraph:
         channel set ``mask`` marks, ascending."""
         cached = self._set_ids.get(id(record))
         if cached is None or cached[0] is not record.sets:  # made once per list of sets
-            cached = (record.sets, torch.tensor(record.sets, dtype=torch.long))
-            self._set_ids[id(record)] = cached
+            self.know_sets(record, torch.tensor(record.sets, dtype=torch.long))
+            cached = self._set_ids[id(record)]
         return torch.nonzero(mask[cached[1]]).flatten()
+
+    def know_sets(self, record, sets: torch.Tensor) -> None:
+        """``record.sets`` as a tensor, from whoever has it already (the walk that resolved them),
+        so that ``positions`` need not convert the list."""
+        self._set_ids[id(record)] = (record.sets, sets)
 
     def group_at(self, layer: str, channel: int) -> Group:
         return self.group_of[self.set_of[(layer, channel)]]

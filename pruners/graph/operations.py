@@ -297,23 +297,29 @@ class Walk(torch.fx.Interpreter):
                                 residual=any(s in added for s in sets), fixed=bool(reasons),
                                 reason=reasons[0] if reasons else "", units=units))
         _fix_groups_sharing_units(groups, unit_of)
-        self._resolve_sets()
-        return DependencyGraph(getattr(self.model, "registry_name", type(self.model).__name__),
-                               self.uses, groups, set_of, self.normalizations, self.sizes)
+        resolved = self._resolve_sets()
+        graph = DependencyGraph(getattr(self.model, "registry_name", type(self.model).__name__),
+                                self.uses, groups, set_of, self.normalizations, self.sizes)
+        for record, sets in resolved:
+            graph.know_sets(record, sets)
+        return graph
 
-    def _resolve_sets(self) -> None:
+    def _resolve_sets(self) -> List[Tuple[Any, torch.Tensor]]:
         """Every record's ``sets``: its ids' roots, now that every merge is done (one lookup for
-        all records)."""
+        all records). Returns each record with its sets as a tensor."""
         records = self.uses + self.normalizations + self.sizes
         ids = [self.recorded[(r.key, r.dim)].reshape(-1) if isinstance(r, TensorUse)
                else torch.tensor(r.ids, dtype=torch.long) for r in records]
         if not records:
-            return
-        sets = self.uf.roots(torch.cat(ids)).tolist()
-        start = 0
+            return []
+        sets = self.uf.roots(torch.cat(ids))
+        as_list = sets.tolist()
+        resolved, start = [], 0
         for record, record_ids in zip(records, ids):
-            record.sets = sets[start:start + len(record_ids)]
+            record.sets = as_list[start:start + len(record_ids)]
+            resolved.append((record, sets[start:start + len(record_ids)]))
             start += len(record_ids)
+        return resolved
 
     def _units(self) -> Dict[int, int]:
         """Set -> the smallest set it must leave with (itself when nothing couples it)."""
