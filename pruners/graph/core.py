@@ -149,9 +149,9 @@ class UnionFind:
 
     def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
         """Merge the set of ``a[i]`` with the set of ``b[i]`` for every i (same shapes). Each pass
-        links every differing pair's larger root to the smallest root it meets; a root linked by
-        several pairs keeps one of them, so passes repeat until every pair agrees (each pass
-        merges at least one pair of sets)."""
+        links every differing pair's larger root to the smallest root it meets in that pass; the
+        other pairs that meet it are joined in a later pass, so passes repeat until every pair
+        agrees (each pass merges at least one pair of sets)."""
         a, b = a.reshape(-1), b.reshape(-1)
         while True:
             root_a, root_b = self.roots(a), self.roots(b)
