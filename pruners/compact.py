@@ -17,13 +17,16 @@ pruning trains what will be deployed. ``structure`` records what compaction chan
 tensor shapes and attributes) so that a checkpoint rebuilds the compact model from the unpruned
 one (``apply_structure``) without pickling a module.
 """
-from typing import Dict, Iterable, List, Optional, Sequence, Set
+import itertools
+from collections import Counter
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.nn as nn
 
 from pruners.graph import DependencyGraph, Group, build_graph
 from utils.errors import UnsupportedOperation, UserError
+from utils.gc_pause import gc_paused
 from utils.masks import (MaskedNormalization, detached_copy, make_permanent,  # noqa: F401
                          normalization_masks, set_normalization_mask)
 from utils.structure import (apply_structure, followed_attributes, set_tensor,  # noqa: F401
@@ -55,7 +58,7 @@ def pruned_sets(graph: DependencyGraph, pruned: Dict[str, Sequence[int]]) -> Set
             raise ValueError(f"removing all {len(group)} channels of {name} would disconnect the model")
         chosen = set(positions)
         for unit in group.units:
-            if chosen & set(unit) and not set(unit) <= chosen:
+            if len(unit) > 1 and chosen & set(unit) and not set(unit) <= chosen:
                 raise ValueError(f"{name}'s channels leave in units of {len(unit)} (a grouped "
                                  f"convolution's or GroupNorm's groups); {positions} splits {unit}")
         sets.update(group.sets[p] for p in positions)
@@ -75,13 +78,16 @@ def tensor_at(model: nn.Module, key: str) -> torch.Tensor:
 
 
 def writer_tensors(model: nn.Module, graph: DependencyGraph, sets: Set[int]):
-    """(key, tensor, dim, positions) of every computing tensor that writes one of ``sets``."""
+    """(key, tensor, dim, positions) of every computing tensor that writes one of ``sets``
+    (positions: a LongTensor on the tensor's device)."""
+    chosen = graph.set_mask(sets)
     for use in graph.uses:
         if not use.writes or use.key.rsplit(".", 1)[-1] in _STATISTICS:
             continue
-        positions = [p for p, s in enumerate(use.sets) if s in sets]
-        if positions:
-            yield use.key, tensor_at(model, use.key), use.dim, positions
+        positions = graph.positions(use, chosen)
+        if len(positions):
+            tensor = tensor_at(model, use.key)
+            yield use.key, tensor, use.dim, positions.to(tensor.device)
 
 
 @torch.no_grad()
@@ -90,7 +96,7 @@ def zero_channels(model: nn.Module, graph: DependencyGraph, sets: Set[int]) -> N
     scales and shifts, layer scales; and normalise over the kept channels where statistics span
     channels."""
     for _, tensor, dim, positions in writer_tensors(model, graph, sets):
-        tensor.index_fill_(dim, torch.tensor(positions, device=tensor.device), 0.0)
+        tensor.index_fill_(dim, positions, 0.0)
     mask_normalizations(model, graph, sets)
 
 
@@ -99,7 +105,7 @@ def channel_masks(model: nn.Module, graph: DependencyGraph, sets: Set[int]) -> D
     masks = {}
     for key, tensor, dim, positions in writer_tensors(model, graph, sets):
         mask = masks.get(key, torch.ones_like(tensor, dtype=torch.bool))
-        mask.index_fill_(dim, torch.tensor(positions, device=tensor.device), False)
+        mask.index_fill_(dim, positions, False)
         masks[key] = mask
     return masks
 
@@ -127,21 +133,29 @@ def group_rows(model: nn.Module, graph: DependencyGraph, group: Group) -> torch.
     writes it, concatenated (weights only, as FPGM compares filters); with one writer they are
     its filters. A writer of only some of the sets (a group merged because its units span a
     chunk's halves) contributes zeros for the others, so every row has one length."""
-    parts = []
-    for use in graph.uses:
-        if not (use.writes and use.key.endswith(".weight") and use.layer in group.writers
-                and use.dim == 0):
-            continue
-        where = {s: p for p, s in enumerate(use.sets)}
-        present = [p for p, s in enumerate(group.sets) if s in where]
-        if not present:
+    parts, fresh = [], True
+    for use in graph.uses_of(group.writers):
+        if not (use.writes and use.key.endswith(".weight") and use.dim == 0):
             continue
         tensor = tensor_at(model, use.key).detach()
-        taken = tensor.index_select(0, torch.tensor([where[group.sets[p]] for p in present],
-                                                    device=tensor.device)).flatten(1)
-        rows = taken.new_zeros(len(group.sets), taken.shape[1])
-        rows[torch.tensor(present, device=rows.device)] = taken
+        if use.sets == group.sets:  # the writer's rows in the group's order: no gather needed
+            rows, fresh = tensor.flatten(1), False
+        else:
+            where = {s: p for p, s in enumerate(use.sets)}
+            present = [p for p, s in enumerate(group.sets) if s in where]
+            if not present:
+                continue
+            taken = tensor.index_select(0, torch.tensor([where[group.sets[p]] for p in present],
+                                                        device=tensor.device)).flatten(1)
+            if len(present) == len(group.sets):
+                rows = taken
+            else:
+                rows = taken.new_zeros(len(group.sets), taken.shape[1])
+                rows[torch.tensor(present, device=rows.device)] = taken
         parts.append(rows.to(parts[0].device if parts else rows.device))
+    if len(parts) == 1:
+        # A new tensor either way (a criterion may work on it in place), copied only once.
+        return parts[0] if fresh else parts[0].clone()
     return torch.cat(parts, dim=1)
 
 
@@ -191,6 +205,7 @@ def follow_tensors(name: str, module: nn.Module, before: Dict[str, List[int]],
                 "follows)")
 
 
+@gc_paused()
 @torch.no_grad()
 def compact_model(model: nn.Module, pruned: Dict[str, Sequence[int]],
                   graph: Optional[DependencyGraph] = None, example_inputs=None) -> nn.Module:
@@ -202,19 +217,27 @@ def compact_model(model: nn.Module, pruned: Dict[str, Sequence[int]],
     graph = graph or build_graph(model, example_inputs if example_inputs is not None
                                  else model.input_shape)
     gone = pruned_sets(graph, pruned)
-    small = make_permanent(detached_copy(model))
+    kept = graph.set_mask(gone).logical_not()
+    cuts: Dict[str, List[Tuple[int, torch.Tensor]]] = {}  # key -> (dim, kept positions) per cut
+    for use in graph.uses:
+        positions = graph.positions(use, kept)
+        if len(positions) != len(use.sets):
+            cuts.setdefault(use.key, []).append((use.dim, positions))
+    before = {name: _shapes(module) for name, module in model.named_modules()}
+    smaller = _smaller_tensors(model, cuts)
+    small = make_permanent(detached_copy(model, replace=smaller))
     clear_normalization_masks(small)
     modules = dict(small.named_modules())
-    before = {name: _shapes(module) for name, module in modules.items()}
-    for use in graph.uses:
-        module_name, _, tensor_name = use.key.rpartition(".")
+    already_cut = {id(t) for t in smaller.values()}
+    for key, dims in cuts.items():
+        module_name, _, tensor_name = key.rpartition(".")
         module = modules[module_name]
         tensor = getattr(module, tensor_name)
-        positions = [p for p, s in enumerate(use.sets) if s not in gone]
-        if len(positions) == tensor.shape[use.dim]:
-            continue
-        index = torch.tensor(positions, dtype=torch.long, device=tensor.device)
-        set_tensor(module, tensor_name, tensor.index_select(use.dim, index).clone())
+        if id(tensor) in already_cut:
+            continue  # the copy was made with it
+        cut = _cut(tensor, dims)
+        if cut is not tensor:
+            set_tensor(module, tensor_name, cut)
     normalized = {n.module: sum(s not in gone for s in n.sets) for n in graph.normalizations}
     for name, module in modules.items():
         if _shapes(module) != before[name] or (
@@ -228,6 +251,39 @@ def compact_model(model: nn.Module, pruned: Dict[str, Sequence[int]],
                              for layer, channel in small.width_groups())
     small.train(model.training)
     return small
+
+
+def _cut(tensor: torch.Tensor, dims: List[Tuple[int, torch.Tensor]]) -> torch.Tensor:
+    """``tensor`` keeping only ``positions`` along each ``dim`` (itself when nothing goes)."""
+    for dim, positions in dims:
+        if len(positions) != tensor.shape[dim]:
+            tensor = tensor.index_select(dim, positions.to(tensor.device))
+    return tensor
+
+
+def _smaller_tensors(model: nn.Module, cuts: Dict[str, List[Tuple[int, torch.Tensor]]]
+                     ) -> Dict[int, torch.Tensor]:
+    """id(tensor) -> what the compact copy holds in its place, for every parameter or buffer of
+    ``model`` that loses indices and belongs to one module alone: the copy is made with these,
+    so it never copies a full tensor only to cut it (most of a VGG's 0.5 GB). Tensors under a
+    pruning mask, and shared ones, are cut in the copy instead."""
+    owners = Counter(id(t) for _, t in itertools.chain(model.named_parameters(remove_duplicate=False),
+                                                       model.named_buffers(remove_duplicate=False)))
+    modules = dict(model.named_modules())
+    smaller = {}
+    for key, dims in cuts.items():
+        module_name, _, name = key.rpartition(".")
+        module = modules[module_name]
+        tensor = module._parameters.get(name, module._buffers.get(name))
+        if tensor is None or owners[id(tensor)] != 1:
+            continue
+        whole = tensor.detach()
+        cut = _cut(whole, dims)
+        if cut is whole:
+            continue
+        smaller[id(tensor)] = (nn.Parameter(cut, requires_grad=tensor.requires_grad)
+                               if name in module._parameters else cut)
+    return smaller
 
 
 def max_relative_difference(masked: nn.Module, compact: nn.Module, inputs: Iterable) -> float:

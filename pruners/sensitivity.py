@@ -81,8 +81,7 @@ class Sensitivity:
             sets = pruned_sets(self.graph, {group.name: index.tolist()})
             values = []
             for _, tensor, dim, positions in writer_tensors(self.model, self.graph, sets):
-                values.append((tensor, tensor.detach().index_fill(
-                    dim, torch.tensor(positions, device=tensor.device), 0.0)))
+                values.append((tensor, tensor.detach().index_fill(dim, positions, 0.0)))
             return values
 
     def _changed_modules(self, unit: Unit) -> Set[str]:

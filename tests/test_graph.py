@@ -297,3 +297,27 @@ def test_an_untraceable_model_is_refused_with_fx_reason_and_a_hint():
     assert message.startswith("_BranchesOnValues cannot be traced by torch.fx (TraceError:")
     assert "fx_leaf = True" in message and "concrete_args" in message
     assert len(message.splitlines()) == 1
+
+
+def test_union_find_roots_are_the_smallest_id_of_each_component():
+    """The tensor union-find (whole tensors of pairs at a time) against a plain reference: every
+    id's root is the smallest id connected to it, whatever the order and batching of unions."""
+    from pruners.graph.core import UnionFind
+    generator = random.Random(0)
+    uf, count = UnionFind(), 0
+    reference = {}
+    for _ in range(30):
+        fresh = generator.randint(1, 40)
+        uf.new(fresh)
+        reference.update((i, i) for i in range(count, count + fresh))
+        count += fresh
+        pairs = [(generator.randrange(count), generator.randrange(count))
+                 for _ in range(generator.randint(0, 25))]
+        if pairs:
+            a, b = (torch.tensor(column) for column in zip(*pairs))
+            uf.union(a, b)
+        for x, y in pairs:  # reference: relabel whole components to their smallest id
+            low, high = sorted((reference[x], reference[y]))
+            reference = {i: low if r == high else r for i, r in reference.items()}
+    assert uf.roots(torch.arange(count)).tolist() == [reference[i] for i in range(count)]
+    assert uf.roots(torch.arange(count).reshape(-1, 1).expand(count, 3)).shape == (count, 3)

@@ -87,14 +87,15 @@ def apply_masks(model: nn.Module, masks: Dict[str, torch.Tensor]) -> nn.Module:
     return model
 
 
-def detached_copy(model: nn.Module) -> nn.Module:
+def detached_copy(model: nn.Module, replace: Optional[Dict[int, torch.Tensor]] = None) -> nn.Module:
     """copy.deepcopy of a model whose masked weights may still hold the autograd graph of the
     last training step (torch.nn.utils.prune caches ``weight = weight_orig * mask`` on the
-    module; deepcopy refuses non-leaf tensors): the cache is recomputed without it first."""
+    module; deepcopy refuses non-leaf tensors): the cache is recomputed without it first.
+    ``replace``: id(tensor) -> what the copy holds in its place (deepcopy's memo)."""
     with torch.no_grad():
         for _, module, tensor in masked_tensors(model):
             setattr(module, tensor, getattr(module, tensor + _ORIG) * getattr(module, tensor + _MASK))
-    return copy.deepcopy(model)
+    return copy.deepcopy(model, dict(replace or {}))
 
 
 @torch.no_grad()

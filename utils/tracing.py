@@ -21,11 +21,11 @@ class LeafTracer(torch.fx.Tracer):
                 or super().is_leaf_module(module, qualified_name))
 
 
-def traced(model: nn.Module) -> torch.fx.GraphModule:
-    """``model`` as a torch.fx GraphModule sharing its modules (so its tensors too). A model
-    torch.fx cannot trace is refused with torch.fx's reason."""
+def traced_graph(model: nn.Module) -> torch.fx.Graph:
+    """``model``'s torch.fx graph, whose targets name ``model``'s own modules and tensors. A
+    model torch.fx cannot trace is refused with torch.fx's reason."""
     try:
-        fx_graph = LeafTracer().trace(model)
+        return LeafTracer().trace(model)
     except Exception as exc:  # data-dependent control flow and the like
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise UnsupportedOperation(
@@ -34,4 +34,9 @@ def traced(model: nn.Module) -> torch.fx.GraphModule:
             "such code into a submodule marked as a leaf (a class attribute fx_leaf = True) whose "
             "channels are not pruned, or bind the branching arguments (torch.fx's concrete_args)"
         ) from None
-    return torch.fx.GraphModule(model, fx_graph)
+
+
+def traced(model: nn.Module) -> torch.fx.GraphModule:
+    """``model`` as a torch.fx GraphModule sharing its modules (so its tensors too); see
+    ``traced_graph``."""
+    return torch.fx.GraphModule(model, traced_graph(model))

@@ -51,9 +51,13 @@ class GroupView:
         return len(self.units)
 
     def per_unit(self, per_channel: torch.Tensor) -> torch.Tensor:
-        """(channels, ...) -> (units, unit size x ...): a unit's channels side by side."""
-        index = torch.tensor([p for unit in self.units for p in unit], device=per_channel.device)
-        chosen = per_channel.index_select(0, index)
+        """(channels, ...) -> (units, unit size x ...): a unit's channels side by side. Units of
+        one channel each, in order, are the rows as given (no copy: a VGG classifier's rows are
+        0.4 GB); ``rows`` are copied from the model once, by the pruner."""
+        order = [p for unit in self.units for p in unit]
+        if order == list(range(len(per_channel))):
+            return per_channel.reshape(len(self.units), -1)
+        chosen = per_channel.index_select(0, torch.tensor(order, device=per_channel.device))
         return chosen.reshape(len(self.units), -1)
 
     @property

@@ -6,7 +6,8 @@ import torch.nn as nn
 
 from pruners.graph.core import DependencyGraph
 from pruners.graph.operations import Walk
-from utils.tracing import traced
+from utils.gc_pause import gc_paused
+from utils.tracing import traced_graph
 
 
 def as_inputs(model: nn.Module, example_inputs) -> Tuple[torch.Tensor, ...]:
@@ -28,6 +29,7 @@ def as_inputs(model: nn.Module, example_inputs) -> Tuple[torch.Tensor, ...]:
                     f"(C, H, W); got {type(example_inputs).__name__}")
 
 
+@gc_paused()
 def build_graph(model: nn.Module, example_inputs) -> DependencyGraph:
     """Trace ``model`` and group its channels, running it once on ``example_inputs`` (a batch,
     a tuple of them, or an input shape for a zero batch of one). The model is traced in training
@@ -37,10 +39,10 @@ def build_graph(model: nn.Module, example_inputs) -> DependencyGraph:
     was_training = model.training
     model.train()
     try:
-        graph_module = traced(model)
+        fx_graph = traced_graph(model)
         model.eval()
         with torch.no_grad():
-            graph = Walk(graph_module, model).run(*inputs)
+            graph = Walk(fx_graph, model).run(*inputs)
     finally:
         model.train(was_training)
     graph.example_inputs = tuple(x.detach() for x in inputs)

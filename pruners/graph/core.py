@@ -24,7 +24,7 @@ The operations themselves are an explicit table (pruners/graph/operations.py); a
 receives a labelled tensor is refused with an UnsupportedOperation naming it.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.fx
@@ -109,31 +109,58 @@ class Group:
 
 
 class UnionFind:
+    """Channel ids in sets; a set's root is its smallest id (so any order of merges gives the
+    same roots). The parents live in one tensor and every operation takes a tensor of ids at
+    once: a model has tens of thousands of channel ids, and a Python ``find`` per id was most of
+    the time it took to build the graph."""
+
     def __init__(self):
-        self.parent: List[int] = []
+        self._parents = torch.empty(0, dtype=torch.long)  # room to grow; the first ``count`` used
+        self.count = 0
+
+    @property
+    def parent(self) -> torch.Tensor:
+        """Each id's parent (a view: writing to it links ids)."""
+        return self._parents[:self.count]
 
     def new(self, count: int) -> torch.Tensor:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + count))
-        return torch.arange(start, start + count)
-
-    def find(self, item: int) -> int:
-        root = item
-        while self.parent[root] != root:
-            root = self.parent[root]
-        while self.parent[item] != root:
-            self.parent[item], item = root, self.parent[item]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            self.parent[max(ra, rb)] = min(ra, rb)
+        start = self.count
+        if start + count > len(self._parents):  # double, so that n ids cost O(n) copies
+            grown = torch.empty(max(2 * len(self._parents), start + count, 1024), dtype=torch.long)
+            grown[:start] = self._parents[:start]
+            self._parents = grown
+        ids = torch.arange(start, start + count)
+        self._parents[start:start + count] = ids
+        self.count = start + count
+        return ids
 
     def roots(self, ids: torch.Tensor) -> torch.Tensor:
-        """``ids`` with every entry replaced by its root."""
-        unique, inverse = torch.unique(ids, return_inverse=True)
-        return torch.tensor([self.find(int(i)) for i in unique], dtype=torch.long)[inverse]
+        """``ids`` with every entry replaced by its root; the paths walked are compressed."""
+        parent = self.parent
+        flat = ids.reshape(-1)
+        found = parent[flat]
+        while True:
+            above = parent[found]
+            if torch.equal(above, found):
+                break
+            found = above
+        parent[flat] = found
+        return found.reshape(ids.shape)
+
+    def union(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Merge the set of ``a[i]`` with the set of ``b[i]`` for every i (same shapes). Each pass
+        links every differing pair's larger root to the smallest root it meets in that pass; the
+        other pairs that meet it are joined in a later pass, so passes repeat until every pair
+        agrees (each pass merges at least one pair of sets)."""
+        a, b = a.reshape(-1), b.reshape(-1)
+        while True:
+            root_a, root_b = self.roots(a), self.roots(b)
+            differ = root_a != root_b
+            if not bool(differ.any()):
+                return
+            root_a, root_b = root_a[differ], root_b[differ]
+            low, high = torch.minimum(root_a, root_b), torch.maximum(root_a, root_b)
+            self.parent.scatter_reduce_(0, high, low, reduce="amin")
 
 
 @dataclass
@@ -150,12 +177,51 @@ class DependencyGraph:
 
     def __post_init__(self):
         self.group_of = {s: g for g in self.groups for s in g.sets}
+        self._by_name: Dict[str, Group] = {}
+        for group in self.groups:
+            self._by_name.setdefault(group.name, group)
+        self._uses_by_layer: Optional[Dict[str, List[Tuple[int, TensorUse]]]] = None
+        self._set_ids: Dict[int, Tuple[List[int], torch.Tensor]] = {}
+        self._set_count: Optional[int] = None
 
     def group(self, name: str) -> Group:
-        for group in self.groups:
-            if group.name == name:
-                return group
-        raise KeyError(name)
+        return self._by_name[name]
+
+    def uses_of(self, layers: Sequence[str]) -> List[TensorUse]:
+        """The recorded uses of ``layers``' tensors, in the order of ``uses``."""
+        if self._uses_by_layer is None:
+            self._uses_by_layer = {}
+            for position, use in enumerate(self.uses):
+                self._uses_by_layer.setdefault(use.layer, []).append((position, use))
+        found = [entry for layer in set(layers) for entry in self._uses_by_layer.get(layer, ())]
+        return [use for _, use in sorted(found, key=lambda entry: entry[0])]
+
+    # Positions by channel set, a whole dimension at once: masking and compaction look up every
+    # recorded dimension, and a Python membership test per index cost more than the surgery.
+
+    def set_mask(self, sets: Iterable[int]) -> torch.Tensor:
+        """A boolean per channel set id, True for ``sets`` (to pass to ``positions``)."""
+        if self._set_count is None:
+            records = [r.sets for r in self.uses + self.normalizations + self.sizes]
+            self._set_count = 1 + max((max(r) for r in records if r), default=-1)
+        mask = torch.zeros(self._set_count, dtype=torch.bool)
+        chosen = [s for s in sets if s < self._set_count]  # a set no record holds has no position
+        mask[torch.tensor(chosen, dtype=torch.long)] = True
+        return mask
+
+    def positions(self, record, mask: torch.Tensor) -> torch.Tensor:
+        """Positions along ``record``'s dimension (a TensorUse, Normalization or SizeUse) whose
+        channel set ``mask`` marks, ascending."""
+        cached = self._set_ids.get(id(record))
+        if cached is None or cached[0] is not record.sets:  # made once per list of sets
+            self.know_sets(record, torch.tensor(record.sets, dtype=torch.long))
+            cached = self._set_ids[id(record)]
+        return torch.nonzero(mask[cached[1]]).flatten()
+
+    def know_sets(self, record, sets: torch.Tensor) -> None:
+        """``record.sets`` as a tensor, from whoever has it already (the walk that resolved them),
+        so that ``positions`` need not convert the list."""
+        self._set_ids[id(record)] = (record.sets, sets)
 
     def group_at(self, layer: str, channel: int) -> Group:
         return self.group_of[self.set_of[(layer, channel)]]
@@ -189,9 +255,3 @@ def ids_along(label: Label, dim: int, size: int) -> torch.Tensor:
     if ids.shape[dim] == 1:
         ids = ids.expand(*[size if d == dim % ids.dim() else s for d, s in enumerate(ids.shape)])
     return ids.movedim(dim, 0).reshape(size, -1)
-
-
-def unique_pairs(a: torch.Tensor, b: torch.Tensor) -> Sequence[Tuple[int, int]]:
-    pairs = torch.unique(torch.stack([a.flatten(), b.flatten()], dim=1), dim=0)
-    return [(int(x), int(y)) for x, y in pairs.tolist()]
-

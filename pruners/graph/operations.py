@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from models.layers import ZeroPadShortcut
 from pruners.graph.core import (Attr, DependencyGraph, Group, Label, Normalization, SizeUse,
-                                TensorUse, UnionFind, ids_along, module_order, refusal, unique_pairs)
+                                TensorUse, UnionFind, ids_along, module_order, refusal)
 
 try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt, Swin): drops whole samples
     from torchvision.ops import stochastic_depth as _stochastic_depth
@@ -111,8 +111,10 @@ def _has_attr(label) -> bool:
 class Walk(torch.fx.Interpreter):
     """Runs the traced model once and labels every tensor (see pruners/graph/core.py)."""
 
-    def __init__(self, graph_module: torch.fx.GraphModule, model: nn.Module):
-        super().__init__(graph_module)
+    def __init__(self, graph: torch.fx.Graph, model: nn.Module):
+        # The model itself runs the graph's nodes (its targets name the model's modules): a
+        # GraphModule would only generate and compile code the walk never calls.
+        super().__init__(model, graph=graph)
         self.extra_traceback = False  # a refusal stays the one line it is
         self.model = model
         self.modules = dict(model.named_modules())
@@ -120,7 +122,7 @@ class Walk(torch.fx.Interpreter):
         self.labels: Dict[torch.fx.Node, Any] = {}
         self.uses: List[TensorUse] = []
         self.fixed: Dict[int, str] = {}           # id -> why its channel cannot be removed
-        self.added: Set[int] = set()              # ids merged by a residual add
+        self.added: List[torch.Tensor] = []       # ids merged by a residual add
         self.outputs: Dict[str, torch.Tensor] = {}  # writer layer -> the ids of its output channels
         self.units: List[torch.Tensor] = []       # ids that must leave together
         self.normalizations: List[Normalization] = []
@@ -200,7 +202,7 @@ class Walk(torch.fx.Interpreter):
 
     def fix(self, ids: torch.Tensor, reason: str) -> None:
         for i in torch.unique(ids).tolist():
-            self.fixed.setdefault(int(i), reason)
+            self.fixed.setdefault(i, reason)
 
     def read(self, label: Label, dim: int, size: int) -> torch.Tensor:
         """The id at each position of ``dim`` (size ``size``), merging whatever ids a position
@@ -208,9 +210,7 @@ class Walk(torch.fx.Interpreter):
         them as one channel."""
         rows = ids_along(label, dim, size)
         if rows.shape[1] > 1:
-            first = rows[:, :1].expand_as(rows)
-            for a, b in unique_pairs(first, rows):
-                self.uf.union(a, b)
+            self.uf.union(rows[:, :1].expand_as(rows), rows)
         return rows[:, 0].clone()
 
     def record(self, layer: str, tensor: str, dim: int, ids: torch.Tensor, writes: bool) -> None:
@@ -224,7 +224,7 @@ class Walk(torch.fx.Interpreter):
             self.merge(earlier, ids, residual=False)
             return
         self.recorded[(key, dim)] = ids.clone()
-        self.uses.append(TensorUse(key, dim, [int(i) for i in ids.tolist()], writes,
+        self.uses.append(TensorUse(key, dim, ids.tolist(), writes,
                                    key.rpartition(".")[0]))
 
     def write(self, layer: str, ids: torch.Tensor) -> None:
@@ -232,10 +232,9 @@ class Walk(torch.fx.Interpreter):
         self.outputs[layer] = ids.clone()
 
     def merge(self, a: torch.Tensor, b: torch.Tensor, residual: bool) -> None:
-        for x, y in unique_pairs(a, b):
-            self.uf.union(x, y)
-            if residual:
-                self.added.update((x, y))
+        self.uf.union(a, b)
+        if residual:
+            self.added.append(torch.unique(torch.cat([a.reshape(-1), b.reshape(-1)])))
 
     def along(self, ids: torch.Tensor, value: torch.Tensor, dim: int) -> Label:
         """A label holding ``ids`` along ``dim`` of ``value``."""
@@ -245,13 +244,12 @@ class Walk(torch.fx.Interpreter):
 
     def compress(self, ids: torch.Tensor) -> Label:
         """A label from ids laid out like the tensor: roots, and size 1 along every dimension
-        they do not vary on."""
-        ids = self.uf.roots(ids) if ids.numel() else ids
-        for dim in range(ids.dim()):
-            if ids.shape[dim] > 1:
-                first = ids.narrow(dim, 0, 1)
-                if bool((ids == first).all()):
-                    ids = first
+        they do not vary on. Dimensions the raw ids already do not vary on (broadcasts) are
+        dropped before the roots are looked up, so a label laid out like a whole feature map
+        costs a lookup per channel, not per entry."""
+        ids = _without_constant_dims(ids)
+        if ids.numel():
+            ids = _without_constant_dims(self.uf.roots(ids))
         return Label(ids.contiguous())
 
     # -- groups ----------------------------------------------------------------------------------
@@ -261,24 +259,25 @@ class Walk(torch.fx.Interpreter):
         return self.groups()
 
     def groups(self) -> DependencyGraph:
-        find = self.uf.find
-        fixed = {}
-        for i, reason in self.fixed.items():
-            fixed.setdefault(find(i), reason)
-        added = {find(i) for i in self.added}
+        roots = self.uf.roots
+        fixed: Dict[int, str] = {}  # a set's reason: that of its first id fixed
+        if self.fixed:
+            fixed_roots = roots(torch.tensor(list(self.fixed), dtype=torch.long)).tolist()
+            for root, reason in zip(fixed_roots, self.fixed.values()):
+                fixed.setdefault(root, reason)
+        added = set(roots(torch.cat(self.added)).tolist()) if self.added else set()
         order = module_order(self.model)
+        output_sets = {layer: roots(ids).tolist() for layer, ids in self.outputs.items()}
         writers: Dict[int, Set[str]] = {}
         set_of = {}
-        for layer, ids in self.outputs.items():
-            for channel, i in enumerate(ids.tolist()):
-                root = find(i)
+        for layer, sets in output_sets.items():
+            for channel, root in enumerate(sets):
                 writers.setdefault(root, set()).add(layer)
                 set_of[(layer, channel)] = root
         by_signature: Dict[Tuple[str, ...], List[int]] = {}
         seen = set()
         for layer in sorted(self.outputs, key=order.get):  # sets in their first writer's order
-            for i in self.outputs[layer].tolist():
-                root = find(i)
+            for root in output_sets[layer]:
                 if root in seen:
                     continue
                 seen.add(root)
@@ -288,7 +287,7 @@ class Walk(torch.fx.Interpreter):
         groups = []
         for signature, sets in by_signature.items():
             first = signature[0]
-            start = next(c for c, i in enumerate(self.outputs[first].tolist()) if find(i) == sets[0])
+            start = output_sets[first].index(sets[0])
             name = first if start == 0 else f"{first}[{start}:]"
             reasons = [fixed[s] for s in sets if s in fixed]
             units, why = _group_units(sets, unit_of)
@@ -298,23 +297,50 @@ class Walk(torch.fx.Interpreter):
                                 residual=any(s in added for s in sets), fixed=bool(reasons),
                                 reason=reasons[0] if reasons else "", units=units))
         groups = _merge_groups_sharing_units(groups, unit_of, order)
-        for use in self.uses:
-            use.sets = self.uf.roots(torch.tensor(use.ids, dtype=torch.long)).tolist() if use.ids else []
-        for record in self.normalizations + self.sizes:
-            record.sets = self.uf.roots(torch.tensor(record.ids, dtype=torch.long)).tolist()
-        return DependencyGraph(getattr(self.model, "registry_name", type(self.model).__name__),
-                               self.uses, groups, set_of, self.normalizations, self.sizes)
+        resolved = self._resolve_sets()
+        graph = DependencyGraph(getattr(self.model, "registry_name", type(self.model).__name__),
+                                self.uses, groups, set_of, self.normalizations, self.sizes)
+        for record, sets in resolved:
+            graph.know_sets(record, sets)
+        return graph
+
+    def _resolve_sets(self) -> List[Tuple[Any, torch.Tensor]]:
+        """Every record's ``sets``: its ids' roots, now that every merge is done (one lookup for
+        all records). Returns each record with its sets as a tensor."""
+        records = self.uses + self.normalizations + self.sizes
+        ids = [self.recorded[(r.key, r.dim)].reshape(-1) if isinstance(r, TensorUse)
+               else torch.tensor(r.ids, dtype=torch.long) for r in records]
+        if not records:
+            return []
+        sets = self.uf.roots(torch.cat(ids))
+        as_list = sets.tolist()
+        resolved, start = [], 0
+        for record, record_ids in zip(records, ids):
+            record.sets = as_list[start:start + len(record_ids)]
+            resolved.append((record, sets[start:start + len(record_ids)]))
+            start += len(record_ids)
+        return resolved
 
     def _units(self) -> Dict[int, int]:
         """Set -> the smallest set it must leave with (itself when nothing couples it)."""
+        sets = torch.nonzero(self.uf.parent == torch.arange(self.uf.count)).flatten()
         coupling = UnionFind()
-        coupling.parent = list(range(len(self.uf.parent)))
-        for unit in self.units:
-            roots = [self.uf.find(int(i)) for i in unit.tolist()]
-            for root in roots[1:]:
-                coupling.union(roots[0], root)
-        return {root: coupling.find(root) for root in range(len(self.uf.parent))
-                if self.uf.find(root) == root}
+        coupling.new(self.uf.count)
+        if self.units:
+            members = torch.cat([unit.reshape(-1) for unit in self.units])
+            firsts = torch.cat([unit.reshape(-1)[:1].expand(unit.numel()) for unit in self.units])
+            coupling.union(self.uf.roots(firsts), self.uf.roots(members))
+        return dict(zip(sets.tolist(), coupling.roots(sets).tolist()))
+
+
+def _without_constant_dims(ids: torch.Tensor) -> torch.Tensor:
+    """``ids`` narrowed to size 1 along every dimension whose entries are all equal."""
+    for dim in range(ids.dim()):
+        if ids.shape[dim] > 1:
+            first = ids.narrow(dim, 0, 1)
+            if bool((ids == first).all()):
+                ids = first
+    return ids
 
 
 def _group_units(sets: List[int], unit_of: Dict[int, int]) -> Tuple[List[List[int]], str]:
@@ -585,7 +611,7 @@ def _layernorm(call: Call):
         walk.record(name, "weight", 0, ids, writes=True)
         if norm.bias is not None:
             walk.record(name, "bias", 0, ids, writes=True)
-    walk.normalizations.append(Normalization(name, dim % value.dim(), [int(i) for i in ids]))
+    walk.normalizations.append(Normalization(name, dim % value.dim(), ids.tolist()))
     return walk.along(ids, value, dim % value.dim())
 
 
@@ -824,16 +850,27 @@ def _cat(call: Call):
     dim = call.arg(1, "dim", 0) % call.value.dim()
     labelled = [l for l in labels if isinstance(l, Label)]
     channels_along = any(l.ids.shape[dim] > 1 for l in labelled)
+    # The operands' ids are laid out only along the dimensions some operand's ids vary on (and
+    # the one concatenated): a DenseNet block's H x W stays 1 x 1 instead of being materialised.
+    rank = call.value.dim()
+    varying = {d for l in labelled for d, size in enumerate(_with_rank(l.ids, rank).shape)
+               if size > 1} | {dim}
     parts = []
     for tensor, label in zip(tensors, labels):
+        shape = [size if d in varying else 1 for d, size in enumerate(tensor.shape)]
         if isinstance(label, Label):
-            parts.append(_expand(label, tensor))
+            parts.append(_with_rank(label.ids, rank).expand(shape))
         elif channels_along and not isinstance(label, Attr):
-            parts.append(walk.fresh(tensor, dim).ids.expand(tensor.shape))
+            parts.append(walk.fresh(tensor, dim).ids.expand(shape))
         else:
             call.refuse("torch.cat of a tensor without channel ids along a dimension that holds "
                         "none" if not channels_along else "torch.cat of a parameter")
     return walk.compress(torch.cat(parts, dim))
+
+
+def _with_rank(ids: torch.Tensor, rank: int) -> torch.Tensor:
+    """``ids`` with leading dimensions of size 1 up to ``rank`` (as broadcasting would add)."""
+    return ids.reshape([1] * (rank - ids.dim()) + list(ids.shape))
 
 
 @function_handler(F.pad)
