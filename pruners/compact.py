@@ -28,6 +28,7 @@ from utils.masks import (MaskedNormalization, detached_copy, make_permanent,  # 
                          normalization_masks, set_normalization_mask)
 from utils.structure import (apply_structure, followed_attributes, set_tensor,  # noqa: F401
                              shapes as _shapes, structure)
+from utils.transformers import derived_widths, follow_widths
 
 # BatchNorm's running statistics describe the channel, they do not compute it: a zeroed channel
 # keeps them (its scale and shift are zero, so its output is zero whatever they are).
@@ -125,10 +126,11 @@ def clear_normalization_masks(model: nn.Module) -> None:
 def group_rows(model: nn.Module, graph: DependencyGraph, group: Group) -> torch.Tensor:
     """One row per channel set of ``group``: the filters of every conv or linear layer that
     writes it, concatenated (weights only, as FPGM compares filters). Every set of a group has
-    the same writers, so the rows have one length; with one writer they are its filters."""
+    the same writers, so the rows have one length; with one writer they are its filters.
+    (``endswith("weight")``: nn.MultiheadAttention's packed projection is ``in_proj_weight``.)"""
     parts = []
     for use in graph.uses:
-        if not (use.writes and use.key.endswith(".weight") and use.layer in group.writers
+        if not (use.writes and use.key.endswith("weight") and use.layer in group.writers
                 and use.dim == 0):
             continue
         where = {s: p for p, s in enumerate(use.sets)}
@@ -172,6 +174,8 @@ def follow_tensors(name: str, module: nn.Module, before: Dict[str, List[int]],
     elif isinstance(module, nn.LayerNorm):
         kept = after["weight"][0] if "weight" in after else normalized
         module.normalized_shape = (kept,)
+    elif derived_widths(module) is not None:
+        pass  # a transformer's module: its widths follow in compact_model (follow_widths)
     else:
         changed = {before[t][d] for t in after for d in range(len(after[t]))
                    if after[t][d] != before[t][d]}
@@ -216,6 +220,14 @@ def compact_model(model: nn.Module, pruned: Dict[str, Sequence[int]],
                 name in normalized and normalized[name] != len(
                     next(n.sets for n in graph.normalizations if n.module == name))):
             follow_tensors(name or type(model).__name__, module, before[name], normalized.get(name))
+    # Attention and the transformers' containers hold widths their children's tensors set (a
+    # pruned head lives in ``qkv``, the stream in every block): they follow when anything
+    # under them changed, and pruned attention takes its compact form (utils/transformers.py).
+    changed = [name for name, module in modules.items() if _shapes(module) != before[name]]
+    for name, module in modules.items():
+        if derived_widths(module) is not None and any(
+                name == "" or c == name or c.startswith(name + ".") for c in changed):
+            follow_widths(module)
     for size in graph.sizes:
         setattr(modules[size.module], size.attribute, sum(s not in gone for s in size.sets))
     if hasattr(small, "width_groups") and hasattr(small, "widths"):
