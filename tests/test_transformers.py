@@ -300,3 +300,18 @@ def test_taylor_scores_heads_through_their_projection_parameters(name):
         scores = gathered[group.name]["taylor"]
         per_head = torch.stack([scores[unit].sum() for unit in group.units])
         assert bool((per_head > 0).all()) and len(set(per_head.tolist())) == len(group.units)
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_a_compact_model_prunes_again(name):
+    """The compact forms are in the graph's table as their originals are: a pruned model's
+    graph builds, and a second removal is exact too."""
+    model, x = build(name)
+    first = ChannelPruner(model, x, criterion="l1norm", rate=0.3, prune_residual=True)
+    first.step()
+    small = first.compact()
+    second = ChannelPruner(small, x, criterion="l1norm", rate=0.3, prune_residual=True)
+    second.step()
+    smaller = second.compact()
+    assert second.compact_difference < COMPACT_TOLERANCE
+    assert parameters(smaller) < parameters(small)
