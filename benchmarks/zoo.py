@@ -4,9 +4,10 @@
     python benchmarks/zoo.py --models resnet50 mobilenet_v3_small --no_torch_pruning
 
 For every model of torchvision.models.list_models(module=torchvision.models) (or --models), with
-random weights (weights=None: nothing is downloaded) and BatchNorm's running statistics and affine
-parameters set to random values (so a zeroed filter followed by BatchNorm cannot hide an error),
-on one random image of --image_size (299 for inception_v3; --small_input_for names models run at
+random weights (weights=None: nothing is downloaded), BatchNorm's running statistics and affine
+parameters set to random values (so a zeroed filter followed by BatchNorm cannot hide an error)
+and parameters initialised to exactly zero made random (ViT's zero classifier would make the
+check 0 = 0, a zero bias would hide a removal that forgot it), on one random image of --image_size (299 for inception_v3; --small_input_for names models run at
 --small_size instead, and the table's input column says which size each model ran at):
 
 - the channel-dependency graph is built (pruners.graph through ChannelPruner), or the refusal's
@@ -135,6 +136,18 @@ def randomize_normalization(model: nn.Module, generator: torch.Generator) -> Non
                 fill(module.bias, -1.0, 1.0)
 
 
+@torch.no_grad()
+def randomize_zero_parameters(model: nn.Module, generator: torch.Generator) -> None:
+    """Every parameter initialised to exactly zero gets small random values: ViT's classifier is
+    zero-initialised (every output 0, so compact == masked would hold vacuously, 0 against 0),
+    and a zero bias (the attention projections', a class token) would hide a removal that
+    forgot it."""
+    for parameter in model.parameters():
+        if parameter.numel() and not bool(parameter.any()):
+            noise = torch.randn(parameter.shape, generator=generator)
+            parameter.copy_(noise * (0.02 if parameter.dim() > 1 else 0.1))
+
+
 def size_kwargs(name: str, size: int) -> dict:
     """ViT and MaxViT are built for one input size (ViT's position embedding, MaxViT's partition
     grids): built for the size the model runs at; the other models take any size."""
@@ -152,6 +165,7 @@ def build_model(name: str, size: int):
     model = torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES,
                                          **size_kwargs(name, size))
     randomize_normalization(model, torch.Generator().manual_seed(SEED + 1))
+    randomize_zero_parameters(model, torch.Generator().manual_seed(SEED + 3))
     image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(SEED + 2))
     return model, image
 
@@ -527,7 +541,8 @@ def main(argv=None) -> List[dict]:
         print(f"[{len(rows)}/{len(names)}] {name} {time.perf_counter() - start:.1f}s: "
               + " | ".join(c for c in cells[1:] if c), file=sys.stderr, flush=True)
 
-    notes = [f"Random weights, BatchNorm statistics and affine parameters random; batch 1; rate "
+    notes = [f"Random weights, BatchNorm statistics and affine parameters random, zero-initialised "
+             f"parameters random; batch 1; rate "
              f"{args.rate} by {args.criterion} on every prunable group; {args.threads} torch "
              f"thread(s). FLOPs: 2 x multiply-accumulate, torch.utils.flop_counter.FlopCounterMode. "
              "Max rel. diff: max |masked - compact| / max |masked output|. Build s: ChannelPruner "

@@ -19,12 +19,11 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.models import maxvit, swin_transformer
 
 from models.layers import ZeroPadShortcut
 from pruners.graph.core import (Attr, DependencyGraph, Group, Label, Normalization, SizeUse,
                                 TensorUse, UnionFind, ids_along, module_order, refusal, unique_pairs)
-
-from torchvision.models import maxvit, swin_transformer
 
 try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt, Swin): drops whole samples
     from torchvision.ops import stochastic_depth as _stochastic_depth
