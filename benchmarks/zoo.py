@@ -4,9 +4,10 @@
     python benchmarks/zoo.py --models resnet50 mobilenet_v3_small --no_torch_pruning
 
 For every model of torchvision.models.list_models(module=torchvision.models) (or --models), with
-random weights (weights=None: nothing is downloaded) and BatchNorm's running statistics and affine
-parameters set to random values (so a zeroed filter followed by BatchNorm cannot hide an error),
-on one random image of --image_size (299 for inception_v3; --small_input_for names models run at
+random weights (weights=None: nothing is downloaded), BatchNorm's running statistics and affine
+parameters set to random values (so a zeroed filter followed by BatchNorm cannot hide an error)
+and parameters initialised to exactly zero made random (ViT's zero classifier would make the
+check 0 = 0, a zero bias would hide a removal that forgot it), on one random image of --image_size (299 for inception_v3; --small_input_for names models run at
 --small_size instead, and the table's input column says which size each model ran at):
 
 - the channel-dependency graph is built (pruners.graph through ChannelPruner), or the refusal's
@@ -54,6 +55,7 @@ from utils import cli  # noqa: E402
 from utils.errors import UnsupportedOperation, UserError  # noqa: E402
 from utils.files import write_text  # noqa: E402
 from utils.reporting.tables import markdown_table  # noqa: E402
+from utils.transformers import explicit_attention  # noqa: E402
 
 TRANSFORMER_PREFIXES = ("vit_", "swin_", "maxvit_")
 NATIVE_SIZES = {"inception_v3": 299}
@@ -134,12 +136,36 @@ def randomize_normalization(model: nn.Module, generator: torch.Generator) -> Non
                 fill(module.bias, -1.0, 1.0)
 
 
+@torch.no_grad()
+def randomize_zero_parameters(model: nn.Module, generator: torch.Generator) -> None:
+    """Every parameter initialised to exactly zero gets small random values: ViT's classifier is
+    zero-initialised (every output 0, so compact == masked would hold vacuously, 0 against 0),
+    and a zero bias (the attention projections', a class token) would hide a removal that
+    forgot it."""
+    for parameter in model.parameters():
+        if parameter.numel() and not bool(parameter.any()):
+            noise = torch.randn(parameter.shape, generator=generator)
+            parameter.copy_(noise * (0.02 if parameter.dim() > 1 else 0.1))
+
+
+def size_kwargs(name: str, size: int) -> dict:
+    """ViT and MaxViT are built for one input size (ViT's position embedding, MaxViT's partition
+    grids): built for the size the model runs at; the other models take any size."""
+    if name.startswith("vit_"):
+        return {"image_size": size}
+    if name.startswith("maxvit_"):
+        return {"input_size": (size, size)}
+    return {}
+
+
 def build_model(name: str, size: int):
     """The model (random weights, seeded) and its example input, the same in every process."""
     import torchvision
     torch.manual_seed(SEED)
-    model = torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES)
+    model = torchvision.models.get_model(name, weights=None, num_classes=NUM_CLASSES,
+                                         **size_kwargs(name, size))
     randomize_normalization(model, torch.Generator().manual_seed(SEED + 1))
+    randomize_zero_parameters(model, torch.Generator().manual_seed(SEED + 3))
     image = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(SEED + 2))
     return model, image
 
@@ -152,7 +178,8 @@ def flops(model: nn.Module, image: torch.Tensor) -> int:
     was = model.training
     model.eval()
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        # attention explicit: FlopCounterMode does not see nn.MultiheadAttention's fused kernel
+        with torch.no_grad(), explicit_attention(model), FlopCounterMode(display=False) as counter:
             model(image)
     finally:
         model.train(was)
@@ -492,7 +519,7 @@ def main(argv=None) -> List[dict]:
                             f"{', '.join(unknown)}; choose from {', '.join(known)}")
         names = list(args.models)
     else:
-        # CNNs first: the transformers are refused today, and torch-pruning may hang on them.
+        # CNNs first: the transformers are the slowest, and torch-pruning may hang on them.
         names = [n for n in known if not is_transformer(n)] + [n for n in known if is_transformer(n)]
     if args.cnn_only:
         names = [n for n in names if not is_transformer(n)]
@@ -514,7 +541,8 @@ def main(argv=None) -> List[dict]:
         print(f"[{len(rows)}/{len(names)}] {name} {time.perf_counter() - start:.1f}s: "
               + " | ".join(c for c in cells[1:] if c), file=sys.stderr, flush=True)
 
-    notes = [f"Random weights, BatchNorm statistics and affine parameters random; batch 1; rate "
+    notes = [f"Random weights, BatchNorm statistics and affine parameters random, zero-initialised "
+             f"parameters random; batch 1; rate "
              f"{args.rate} by {args.criterion} on every prunable group; {args.threads} torch "
              f"thread(s). FLOPs: 2 x multiply-accumulate, torch.utils.flop_counter.FlopCounterMode. "
              "Max rel. diff: max |masked - compact| / max |masked output|. Build s: ChannelPruner "

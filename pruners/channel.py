@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from pruners.base import check_rate
 from pruners.compact import (channel_masks, compact_model, group_rows, max_relative_difference,
-                             pruned_sets, zero_channels)
+                             pruned_sets, tensor_at, zero_channels)
 from pruners.criteria import Criterion, GroupView, create_criterion
 from pruners.criteria.fpgm import pruned_count
 from pruners.graph import DependencyGraph, Group, build_graph
@@ -228,8 +228,15 @@ def taylor_importance(model: nn.Module, graph: DependencyGraph, groups: List[Gro
                       data: Iterable, loss_fn: Optional[Callable] = None) -> Dict[str, Dict[str, torch.Tensor]]:
     """Per group and channel, Molchanov et al.'s first-order Taylor importance: per batch,
     (sum over samples and positions of activation x d loss / d activation)^2 at the output of
-    every layer that writes the channel, summed over writers and averaged over batches. Only
-    activations are differentiated: the parameters' .grad are left as they were."""
+    every layer that writes the channel, summed over writers and averaged over batches.
+
+    A writer whose output no forward hook sees (a projection an attention module calls
+    functionally: Swin's qkv, nn.MultiheadAttention's packed in-projection) is differentiated
+    through its parameters instead: for a linear map, the sum over a row of weight x d loss /
+    d weight, plus bias x d loss / d bias, is exactly the sum over samples and positions of
+    activation x d loss / d activation for that channel. Only activations and those parameters
+    are differentiated, through torch.autograd.grad: the parameters' .grad are left as they
+    were."""
     loss_fn = loss_fn or F.cross_entropy
     modules = dict(model.named_modules())
     writers = sorted({w for g in groups for w in g.writers})
@@ -243,24 +250,40 @@ def taylor_importance(model: nn.Module, graph: DependencyGraph, groups: List[Gro
             captured[name] = output
         return hook
 
-    handles = [modules[w].register_forward_hook(keep(w)) for w in writers]
+    def add(name, per_channel):
+        for channel, value in enumerate(per_channel.cpu().tolist()):
+            hit = where.get((name, channel))
+            if hit is not None:
+                totals[hit[0]][hit[1]] += value
+
+    handles = [modules[w].register_forward_hook(keep(w)) for w in writers if w in modules]
     batches = 0
     try:
         for inputs, targets in data:
             captured.clear()
             loss = loss_fn(model(inputs), targets)
-            names = [n for n in writers if n in captured and captured[n].requires_grad]
-            grads = torch.autograd.grad(loss, [captured[n] for n in names], allow_unused=True)
+            names = [n for n in writers
+                     if isinstance(captured.get(n), torch.Tensor) and captured[n].requires_grad]
+            unseen = set(writers) - set(names)
+            rows = [(use.layer, tensor_at(model, use.key)) for use in graph.uses
+                    if use.layer in unseen and use.writes and use.dim == 0
+                    and use.key.endswith(("weight", "bias"))]
+            grads = torch.autograd.grad(loss, [captured[n] for n in names] + [t for _, t in rows],
+                                        allow_unused=True)
             for name, grad in zip(names, grads):
                 if grad is None:
                     continue
                 out = captured[name]
                 dim = 1 if isinstance(modules[name], nn.modules.conv._ConvNd) else out.dim() - 1
-                per_channel = (out.detach() * grad).movedim(dim, 0).flatten(1).sum(1).double() ** 2
-                for channel, value in enumerate(per_channel.cpu().tolist()):
-                    hit = where.get((name, channel))
-                    if hit is not None:
-                        totals[hit[0]][hit[1]] += value
+                add(name, (out.detach() * grad).movedim(dim, 0).flatten(1).sum(1).double() ** 2)
+            through_parameters: Dict[str, torch.Tensor] = {}
+            for (layer, tensor), grad in zip(rows, grads[len(names):]):
+                if grad is not None:
+                    row_sums = (tensor.detach() * grad).flatten(1).sum(1).double() \
+                        if tensor.dim() > 1 else (tensor.detach() * grad).double()
+                    through_parameters[layer] = through_parameters.get(layer, 0) + row_sums
+            for layer, per_channel in through_parameters.items():
+                add(layer, per_channel ** 2)
             batches += 1
     finally:
         for handle in handles:

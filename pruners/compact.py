@@ -31,6 +31,7 @@ from utils.masks import (MaskedNormalization, detached_copy, make_permanent,  # 
                          normalization_masks, set_normalization_mask)
 from utils.structure import (apply_structure, followed_attributes, set_tensor,  # noqa: F401
                              shapes as _shapes, structure)
+from utils.transformers import derived_widths, follow_widths
 
 # BatchNorm's running statistics describe the channel, they do not compute it: a zeroed channel
 # keeps them (its scale and shift are zero, so its output is zero whatever they are).
@@ -132,10 +133,11 @@ def group_rows(model: nn.Module, graph: DependencyGraph, group: Group) -> torch.
     """One row per channel set of ``group``: the filters of every conv or linear layer that
     writes it, concatenated (weights only, as FPGM compares filters); with one writer they are
     its filters. A writer of only some of the sets (a group merged because its units span a
-    chunk's halves) contributes zeros for the others, so every row has one length."""
+    chunk's halves) contributes zeros for the others, so every row has one length.
+    (``endswith("weight")``: nn.MultiheadAttention's packed projection is ``in_proj_weight``.)"""
     parts, fresh = [], True
     for use in graph.uses_of(group.writers):
-        if not (use.writes and use.key.endswith(".weight") and use.dim == 0):
+        if not (use.writes and use.key.endswith("weight") and use.dim == 0):
             continue
         tensor = tensor_at(model, use.key).detach()
         if use.sets == group.sets:  # the writer's rows in the group's order: no gather needed
@@ -191,6 +193,8 @@ def follow_tensors(name: str, module: nn.Module, before: Dict[str, List[int]],
     elif isinstance(module, nn.LayerNorm):
         kept = after["weight"][0] if "weight" in after else normalized
         module.normalized_shape = (kept,)
+    elif derived_widths(module) is not None:
+        pass  # a transformer's module: its widths follow in compact_model (follow_widths)
     else:
         changed = {before[t][d] for t in after for d in range(len(after[t]))
                    if after[t][d] != before[t][d]}
@@ -244,6 +248,14 @@ def compact_model(model: nn.Module, pruned: Dict[str, Sequence[int]],
                 name in normalized and normalized[name] != len(
                     next(n.sets for n in graph.normalizations if n.module == name))):
             follow_tensors(name or type(model).__name__, module, before[name], normalized.get(name))
+    # Attention and the transformers' containers hold widths their children's tensors set (a
+    # pruned head lives in ``qkv``, the stream in every block): they follow when anything
+    # under them changed, and pruned attention takes its compact form (utils/transformers.py).
+    changed = [name for name, module in modules.items() if _shapes(module) != before[name]]
+    for name, module in modules.items():
+        if derived_widths(module) is not None and any(
+                name == "" or c == name or c.startswith(name + ".") for c in changed):
+            follow_widths(module)
     for size in graph.sizes:
         setattr(modules[size.module], size.attribute, sum(s not in gone for s in size.sets))
     if hasattr(small, "width_groups") and hasattr(small, "widths"):

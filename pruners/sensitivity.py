@@ -61,7 +61,7 @@ class Sensitivity:
         """Weights that go with the group's channels: its writers' rows and readers' columns."""
         total = 0
         for use in self.graph.uses:
-            if not use.key.endswith(".weight"):
+            if not use.key.endswith("weight"):  # in_proj_weight too (attention)
                 continue
             sets = self.graph.sets_of(use)
             if any(s in group.sets for s in sets):

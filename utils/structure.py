@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from utils.errors import UserError
+from utils.transformers import compact_form, derived_widths, is_compact_form_of
 
 
 def set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
@@ -44,12 +45,15 @@ FOLLOWED_ATTRIBUTES = {
 
 
 def followed_attributes(module: nn.Module) -> Sequence[str]:
-    """The width attributes compaction sets on ``module``: torch's layers by class, any other
-    module by its class attribute ``width_attributes`` (a zero-padding shortcut's
-    ``extra_channels``)."""
+    """The width attributes compaction sets on ``module``: torch's layers by class, the
+    transformers' modules by utils.transformers.DERIVED_WIDTHS, any other module by its class
+    attribute ``width_attributes`` (a zero-padding shortcut's ``extra_channels``)."""
     for cls, names in FOLLOWED_ATTRIBUTES.items():
         if isinstance(module, cls):
             return names
+    derived = derived_widths(module)
+    if derived is not None:
+        return tuple(derived)
     return tuple(getattr(type(module), "width_attributes", ()))
 
 
@@ -73,7 +77,7 @@ def structure(original: Optional[nn.Module], compact: nn.Module) -> Dict[str, di
             continue
         attributes = {a: _plain(getattr(module, a)) for a in followed_attributes(module)}
         old_attributes = {a: _plain(getattr(old, a)) for a in followed_attributes(old)}
-        if new_shapes != shapes(old) or attributes != old_attributes:
+        if new_shapes != shapes(old) or attributes != old_attributes or type(module) is not type(old):
             # The shapes before too: a loader checks that it shrinks the model this was pruned
             # from, not one that merely takes the new shapes.
             changed[name] = {"type": type(module).__name__, "shapes": new_shapes,
@@ -89,10 +93,13 @@ def _plain(value):
 def apply_structure(model: nn.Module, changes: Dict[str, dict], source: str = "the checkpoint") -> nn.Module:
     """Shrink ``model`` (unpruned, freshly built) in place to the structure ``changes`` records:
     new empty tensors of the recorded shapes (a state_dict fills them) and the recorded
-    attributes. A structure that does not fit the model is one UserError."""
+    attributes; a module recorded in its compact form (utils/transformers.py: pruned attention)
+    takes that class. A structure that does not fit the model is one UserError."""
     modules = dict(model.named_modules())
     for name, change in changes.items():
         module = modules.get(name)
+        if module is not None and is_compact_form_of(change.get("type"), module):
+            module.__class__ = compact_form(module)
         if module is None or type(module).__name__ != change.get("type"):
             found = "nothing" if module is None else type(module).__name__
             raise UserError(f"{source} records a pruned {change.get('type')} at {name or 'the root'}, "

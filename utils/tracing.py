@@ -5,19 +5,22 @@ import torch.fx
 import torch.nn as nn
 
 from utils.errors import UnsupportedOperation
+from utils.transformers import ATTENTION_MODULES
 
 # Normalisation layers are traced as one operation even when a library subclasses them
 # (torchvision's LayerNorm2d permutes inside its forward): the graph handles them as a whole.
+# So are attention modules (utils/transformers.py): their heads are one operation's business.
 _NORMALIZATIONS = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
 
 
 class LeafTracer(torch.fx.Tracer):
-    """torch.nn modules are leaves as usual; so are normalisation layers of any class and the
-    models' own ``fx_leaf`` modules (input adapters whose forward branches on the input's
-    shape)."""
+    """torch.nn modules are leaves as usual; so are normalisation layers of any class, attention
+    modules, and the models' own ``fx_leaf`` modules (input adapters whose forward branches on
+    the input's shape)."""
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return (getattr(type(module), "fx_leaf", False) or isinstance(module, _NORMALIZATIONS)
+                or isinstance(module, ATTENTION_MODULES)
                 or super().is_leaf_module(module, qualified_name))
 
 

@@ -19,6 +19,7 @@ import torch
 import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.models import maxvit, swin_transformer
 
 from models.layers import ZeroPadShortcut
 from pruners.graph.core import (Attr, DependencyGraph, Group, Label, Normalization, SizeUse,
@@ -189,8 +190,18 @@ class Walk(torch.fx.Interpreter):
     def _from_parameters(self, call: Call):
         """A value computed from parameters alone (an expand of a class token, a bias table):
         it carries no channel ids yet. The parameters it reads must not meet a labelled tensor
-        unrecorded: that is checked where they meet (``elementwise``)."""
+        unrecorded: that is checked where they meet (``elementwise``, ``_cat``). An expand of
+        one parameter (a class token broadcast over the batch) is still that parameter, aligned
+        from the right as broadcasting aligns it, so where it meets labelled tensors its own
+        dimensions are recorded; anything else computed from parameters is a new tensor."""
+        node = call.node
+        if node.op == "call_method" and node.target == "expand" and isinstance(call.labels[0], Attr):
+            return call.labels[0]
         return None
+
+    def parameter(self, attr: Attr) -> torch.Tensor:
+        """The parameter or buffer an ``Attr`` names, in its own shape."""
+        return self.fetch_attr(attr.key)
 
     # -- what handlers call --------------------------------------------------------------------
 
@@ -498,6 +509,8 @@ def _elementwise(call: Call, residual: bool, divides: bool = False):
     for position, (label, value) in enumerate(operands):
         if isinstance(label, Label) or not isinstance(value, torch.Tensor):
             continue
+        if isinstance(label, Attr):  # the parameter itself, not an expanded view of it
+            value = walk.parameter(label)
         offset = out.dim() - value.dim()
         for dim in range(value.dim()):
             if value.shape[dim] == 1 or result.ids.shape[offset + dim] == 1:
@@ -849,10 +862,11 @@ def _cat(call: Call):
     labels = call.label(0, "tensors") or (None,) * len(tensors)
     dim = call.arg(1, "dim", 0) % call.value.dim()
     labelled = [l for l in labels if isinstance(l, Label)]
-    channels_along = any(l.ids.shape[dim] > 1 for l in labelled)
+    rank = call.value.dim()
+    if not any(_with_rank(l.ids, rank).shape[dim] > 1 for l in labelled):
+        return _cat_along_positions(call, tensors, labels, dim)
     # The operands' ids are laid out only along the dimensions some operand's ids vary on (and
     # the one concatenated): a DenseNet block's H x W stays 1 x 1 instead of being materialised.
-    rank = call.value.dim()
     varying = {d for l in labelled for d, size in enumerate(_with_rank(l.ids, rank).shape)
                if size > 1} | {dim}
     parts = []
@@ -860,17 +874,46 @@ def _cat(call: Call):
         shape = [size if d in varying else 1 for d, size in enumerate(tensor.shape)]
         if isinstance(label, Label):
             parts.append(_with_rank(label.ids, rank).expand(shape))
-        elif channels_along and not isinstance(label, Attr):
+        elif not isinstance(label, Attr):
             parts.append(walk.fresh(tensor, dim).ids.expand(shape))
         else:
-            call.refuse("torch.cat of a tensor without channel ids along a dimension that holds "
-                        "none" if not channels_along else "torch.cat of a parameter")
+            call.refuse("torch.cat of a parameter along channels")
     return walk.compress(torch.cat(parts, dim))
 
 
 def _with_rank(ids: torch.Tensor, rank: int) -> torch.Tensor:
     """``ids`` with leading dimensions of size 1 up to ``rank`` (as broadcasting would add)."""
     return ids.reshape([1] * (rank - ids.dim()) + list(ids.shape))
+
+
+def _cat_along_positions(call: Call, tensors, labels, dim: int) -> Label:
+    """Concatenation along a dimension without channels (tokens, the batch): channel c of every
+    operand is channel c of the result, read as one by whatever reads the result, and the result
+    stays rectangular only if every operand loses the same channels: their ids merge. A parameter
+    operand (ViT's class token) is indexed by those channels and written, like a learned bias; a
+    computed tensor without ids could not shrink, and is refused."""
+    walk, value = call.walk, call.value
+    labelled = [label for label in labels if isinstance(label, Label)]
+    ids = labelled[0].ids
+    for other in labelled[1:]:
+        ids, others = torch.broadcast_tensors(ids, other.ids)
+        walk.merge(ids, others, residual=False)
+    result = walk.compress(ids)
+    for tensor, label in zip(tensors, labels):
+        if isinstance(label, Label):
+            continue
+        if not isinstance(label, Attr):
+            call.refuse("torch.cat of a tensor without channel ids along a dimension that holds none")
+        parameter = walk.parameter(label)
+        offset = value.dim() - parameter.dim()
+        for d in range(parameter.dim()):
+            if offset + d == dim or result.ids.shape[offset + d] == 1:
+                continue
+            if parameter.shape[d] == 1:
+                call.refuse("torch.cat of a parameter broadcast along channels")
+            channel_ids = walk.read(result, offset + d, parameter.shape[d])
+            walk.record_key(label.key, d, channel_ids, writes=True)
+    return result
 
 
 @function_handler(F.pad)
@@ -893,6 +936,126 @@ def _pad(call: Call):
         ids = torch.cat([before.expand(*[s if d != dim else pad[i] for d, s in enumerate(shape)]), ids,
                          after.expand(*[s if d != dim else pad[i + 1] for d, s in enumerate(shape)])], dim)
     return walk.compress(ids)
+
+
+# -- transformers ------------------------------------------------------------------------------------
+#
+# Attention modules are traced whole (utils/tracing.py) and handled here as one operation each.
+# Every one computes q, k and v with one packed projection whose rows are [q | k | v], each
+# heads x head width in head order, and splits them the same way; its output projection reads
+# v's channels. A head's q, k and v rows, its columns of the output projection and its per-head
+# tensors (a relative position bias column, a logit scale) leave together: one unit of the
+# module's group, which the criterion scores as one. The per-head width is never cut, so the
+# 1/sqrt(head width) scale stays what it was. Compaction gives the module its compact form
+# (utils/transformers.py), whose forward reads both widths from its tensors.
+
+def _attention_heads(walk: "Walk", heads: int, head_dim: int):
+    """New ids for the rows of a packed q, k, v projection, one unit per head. Returns (the
+    rows' ids in order, v's ids as the output projection reads them, one id per head for the
+    per-head tensors: the head's first q channel, which leaves with the whole head)."""
+    q, k, v = (walk.uf.new(heads * head_dim) for _ in range(3))
+    for head in range(heads):
+        rows = slice(head * head_dim, (head + 1) * head_dim)
+        walk.units.append(torch.cat([q[rows], k[rows], v[rows]]))
+    return torch.cat([q, k, v]), v, q[::head_dim]
+
+
+def _projection(walk: "Walk", layer: str, inputs: torch.Tensor, outputs: torch.Tensor,
+                has_bias: bool, weight: str = "weight", bias: str = "bias") -> None:
+    """A linear map inside an attention module (called functionally, so it has no node of its
+    own): its columns read ``inputs``, its rows write ``outputs``."""
+    walk.record(layer, weight, 1, inputs, writes=False)
+    walk.record(layer, weight, 0, outputs, writes=True)
+    if has_bias:
+        walk.record(layer, bias, 0, outputs, writes=True)
+    walk.write(layer, outputs)
+
+
+def _tokens_in(call: Call, width: int) -> torch.Tensor:
+    """The channel ids along the last dimension of an attention module's input (tokens)."""
+    return call.walk.read(call.tensor_labels()[0], -1, width)
+
+
+@module_handler(nn.MultiheadAttention)
+def _multihead_attention(call: Call):
+    """Self-attention only (one tensor as query, key and value, as ViT's encoder calls it):
+    cross-attention would couple two streams the graph does not follow here. Packed in-projection
+    (``in_proj_weight``), no bias_k / bias_v, no masks (a mask has no channels, but the compact
+    form does not implement them). Returns (output, None): attention weights carry no channels."""
+    walk, attention, name, node = call.walk, call.module, call.name, call.node
+    operands = [node.args[i] if len(node.args) > i else node.kwargs.get(k)
+                for i, k in enumerate(("query", "key", "value"))]
+    if not (operands[0] is operands[1] is operands[2]):
+        call.refuse("nn.MultiheadAttention with different query, key and value",
+                    "only self-attention")
+    if not attention._qkv_same_embed_dim or attention.bias_k is not None or attention.add_zero_attn:
+        call.refuse("nn.MultiheadAttention with separate projections, bias_k/bias_v or add_zero_attn")
+    if call.arg(3, "key_padding_mask") is not None or call.arg(5, "attn_mask") is not None \
+            or call.arg(7, "is_causal", False):
+        call.refuse("nn.MultiheadAttention with a mask")
+    inputs = _tokens_in(call, attention.embed_dim)
+    rows, values, _ = _attention_heads(walk, attention.num_heads, attention.head_dim)
+    _projection(walk, name, inputs, rows, attention.in_proj_bias is not None,
+                weight="in_proj_weight", bias="in_proj_bias")
+    output = call.value[0]
+    out = walk.uf.new(attention.out_proj.out_features)
+    _projection(walk, f"{name}.out_proj", values, out, attention.out_proj.bias is not None)
+    return walk.along(out, output, output.dim() - 1), None
+
+
+@module_handler(swin_transformer.ShiftedWindowAttention)
+def _shifted_window_attention(call: Call):
+    """Swin's window attention, V1 and V2: padding, the cyclic shift, the window partition and
+    their reversal move tokens, never channels. Per head: V1's relative position bias table has
+    a column, V2's logit scale and the last layer of its bias MLP a row."""
+    walk, attention, name, value = call.walk, call.module, call.name, call.value
+    heads = attention.num_heads
+    head_dim = attention.qkv.weight.shape[0] // 3 // heads
+    inputs = _tokens_in(call, attention.qkv.weight.shape[1])
+    rows, values, per_head = _attention_heads(walk, heads, head_dim)
+    _projection(walk, f"{name}.qkv", inputs, rows, attention.qkv.bias is not None)
+    out = walk.uf.new(attention.proj.weight.shape[0])
+    _projection(walk, f"{name}.proj", values, out, attention.proj.bias is not None)
+    if isinstance(attention, swin_transformer.ShiftedWindowAttentionV2):
+        walk.record(name, "logit_scale", 0, per_head, writes=True)
+        bias_head = attention.cpb_mlp[-1]
+        if not isinstance(bias_head, nn.Linear) or bias_head.out_features != heads:
+            call.refuse(type(attention).__name__, "its bias MLP does not end in a per-head Linear")
+        walk.record(f"{name}.cpb_mlp.{len(attention.cpb_mlp) - 1}", "weight", 0, per_head, writes=True)
+        if bias_head.bias is not None:
+            walk.record(f"{name}.cpb_mlp.{len(attention.cpb_mlp) - 1}", "bias", 0, per_head, writes=True)
+    else:
+        walk.record(name, "relative_position_bias_table", 1, per_head, writes=True)
+    return walk.along(out, value, value.dim() - 1)
+
+
+@module_handler(maxvit.RelativePositionalMultiHeadAttention)
+def _relative_positional_attention(call: Call):
+    """MaxViT's attention over the tokens of a window or grid partition: ``to_qkv`` (chunked
+    into q, k, v), ``merge`` as the output projection, a relative position bias column per
+    head."""
+    walk, attention, name, value = call.walk, call.module, call.name, call.value
+    inputs = _tokens_in(call, attention.to_qkv.in_features)
+    rows, values, per_head = _attention_heads(walk, attention.n_heads, attention.head_dim)
+    _projection(walk, f"{name}.to_qkv", inputs, rows, attention.to_qkv.bias is not None)
+    out = walk.uf.new(attention.merge.out_features)
+    _projection(walk, f"{name}.merge", values, out, attention.merge.bias is not None)
+    walk.record(name, "relative_position_bias_table", 1, per_head, writes=True)
+    return walk.along(out, value, value.dim() - 1)
+
+
+@function_handler(swin_transformer._patch_merging_pad)
+def _patch_merging_pad(call: Call):
+    """Swin's patch merging: pad H and W to even sizes, then concatenate the 2 x 2 neighbours
+    of every patch along the channels (the last dimension), so input channel c is found at c,
+    C + c, 2C + c and 3C + c and leaves from all four (the next LayerNorm and Linear lose four
+    entries per channel)."""
+    walk, label, value = call.walk, call.tensor_labels()[0], call.value
+    x = call.args[0]
+    if any(size > 1 for size in label.ids.shape[:-1]):
+        call.refuse("_patch_merging_pad of a tensor whose channels are not its last dimension")
+    channels = walk.read(label, -1, x.shape[-1])
+    return walk.along(channels.repeat(4), value, value.dim() - 1)
 
 
 # -- the models' own parameter-free layers ----------------------------------------------------------

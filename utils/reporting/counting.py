@@ -13,6 +13,7 @@ from utils.layers import weight_layers
 from utils.masks import masked_value
 from utils.modes import eval_mode
 from utils.structure import structure
+from utils.transformers import explicit_attention
 
 FLOP_CONVENTION = ("FLOP = 2 x multiply-accumulate for one input image (bias, BatchNorm, "
                    "activation and pooling not counted), as torch.utils.flop_counter.FlopCounterMode "
@@ -90,8 +91,10 @@ def layer_stats(model: nn.Module, input_shape) -> List[LayerStats]:
 
 
 def count_flops(model: nn.Module, input_shape) -> int:
-    """Dense FLOPs for one image, by torch's own FlopCounterMode."""
-    with eval_mode(model), FlopCounterMode(display=False) as counter, torch.no_grad():
+    """Dense FLOPs for one image, by torch's own FlopCounterMode (attention through its explicit
+    form, which the counter sees: utils.transformers.explicit_attention)."""
+    with eval_mode(model), explicit_attention(model), FlopCounterMode(display=False) as counter, \
+            torch.no_grad():
         model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
     return counter.get_total_flops()
 
