@@ -7,7 +7,10 @@ import sys
 
 from tests.conftest import ROOT
 
-EXAMPLE = ROOT / "examples" / "prune_mobilenet_v2.py"
+import pytest
+
+EXAMPLES = ROOT / "examples"
+EXAMPLE = EXAMPLES / "prune_mobilenet_v2.py"
 
 
 def test_the_mobilenet_example_runs_from_outside_the_checkout(tmp_path):
@@ -28,10 +31,25 @@ def _code_lines(text: str):
             if line.split("#")[0].strip()]
 
 
-def test_the_readme_python_section_is_the_example():
+def test_the_vit_example_prunes_heads_and_loads_them_back(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, str(EXAMPLES / "prune_vit.py"), "--epochs=1",
+                           "--batches=2", "--rate=0.5", f"--output={tmp_path}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    heads_line, size_line = done.stdout.strip().splitlines()[-2:]
+    assert heads_line.startswith("heads per block [6, 6, 6, 6] -> [3, 3, 3, 3]; "
+                                 "MLP width [384, 384, 384, 384] -> [192, 192, 192, 192]"), heads_line
+    assert "outputs differ by 0.0e+00" in size_line, size_line
+    assert (tmp_path / "vit_pruned.pt").is_file()
+
+
+@pytest.mark.parametrize("position, name", [(0, "prune_mobilenet_v2.py"), (1, "prune_vit.py")])
+def test_the_readme_python_section_is_the_examples(position, name):
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Use from Python", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    example = set(_code_lines(EXAMPLE.read_text()))
-    missing = [line for line in _code_lines(block) if line not in example and not line.startswith("for images, labels in")]
-    assert not missing, f"README lines not in {EXAMPLE.name}: {missing}"
+    block = re.findall(r"```python\n(.*?)```", section, re.S)[position]
+    example = set(_code_lines((EXAMPLES / name).read_text()))
+    missing = [line for line in _code_lines(block) 
+               if line not in example and not line.startswith(("for images, labels in", "..."))]
+    assert not missing, f"README lines not in {name}: {missing}"
