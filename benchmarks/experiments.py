@@ -1,6 +1,7 @@
 """What benchmarks/reproduce.py runs: one Experiment per row of the README's results tables (plus
 the sweep behind the accuracy-vs-weights-kept plot), the groups ``--only`` accepts, and the flags
 each run gets."""
+import json
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -52,8 +53,8 @@ MOBILENET_PRUNE_EPOCHS = 2
 # token; 6 layers, 6 heads of width 32, MLP 768; 2.7M parameters) trains at about 2.5 min per
 # Fashion-MNIST epoch on this 2-core CPU: sized for that, not for the best accuracy.
 VIT_TINY = "torchvision.models.vision_transformer:VisionTransformer"
-VIT_TINY_KWARGS = ('--model_kwargs={"image_size": 28, "patch_size": 7, "num_layers": 6, '
-                   '"num_heads": 6, "hidden_dim": 192, "mlp_dim": 768}')
+VIT_TINY_KWARGS = {"image_size": 28, "patch_size": 7, "num_layers": 6, "num_heads": 6,
+                   "hidden_dim": 192, "mlp_dim": 768}
 VIT_EPOCHS = 8
 VIT_PRUNE_EPOCHS = 2
 
@@ -211,9 +212,9 @@ EXPERIMENTS: List[Experiment] = [
 ] + [
     Experiment("baseline_vit_tiny_fashion", "ViT (6 layers, 6 heads, width 192) baseline (Fashion-MNIST)",
                "baseline", VIT_TINY,
-               (VIT_TINY_KWARGS, "--dataset=fashion_mnist", "--learning_rate=0.001",
+               (f"--model_kwargs={json.dumps(VIT_TINY_KWARGS)}", "--dataset=fashion_mnist", "--learning_rate=0.001",
                 "--batch_size=128", "--weight_decay=0.0001", f"--epochs={VIT_EPOCHS}"),
-               (VIT_TINY_KWARGS, "--dataset=fashion_mnist", "--learning_rate=0.001",
+               (f"--model_kwargs={json.dumps(VIT_TINY_KWARGS)}", "--dataset=fashion_mnist", "--learning_rate=0.001",
                 "--batch_size=128", "--epochs=1"),
                dataset="fashion_mnist", in_results_table=False, study="any_model"),
 ] + [

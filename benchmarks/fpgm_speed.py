@@ -45,6 +45,7 @@ import models  # noqa: E402
 from pruners.compact import compact_model  # noqa: E402
 from models.inference import differs_for_deployment, for_deployment  # noqa: E402
 from pruners import PruneContext, create_pruner  # noqa: E402
+from benchmarks.experiments import VIT_TINY, VIT_TINY_KWARGS  # noqa: E402
 from pruners.structured import paper_counted_flops  # noqa: E402
 from utils import checkpoints, cli  # noqa: E402
 from utils.data import get_spec, load_dataset  # noqa: E402
@@ -186,8 +187,15 @@ ARCHITECTURES = {
                  (3, 32, 32)),
     "mobilenet_v2": ("torchvision mobilenet_v2 (224x224), fpgm 30%, block-internal channels",
                      "torchvision.mobilenet_v2", 0.3, False, 1, (3, 224, 224)),
+    # Heads and MLP width of every block (the embedding stream stays): the README's small ViT
+    # (benchmarks/experiments.py, Fashion-MNIST-shaped input) and torchvision's ViT-B/16.
+    "vit_tiny": ("ViT 6 layers, 6 heads, width 192, patch 7 (28x28), fpgm 40%, heads and MLP",
+                 VIT_TINY, 0.4, False, 1, (1, 28, 28)),
+    "vit_b_16": ("torchvision vit_b_16 (224x224), fpgm 30%, heads and MLP",
+                 "torchvision.vit_b_16", 0.3, False, 1, (3, 224, 224)),
 }
-LARGE = ("resnet50", "torchvision.mobilenet_v2")  # timed for --resnet50_rounds rounds
+ARCHITECTURE_KWARGS = {"vit_tiny": {"builder_kwargs": VIT_TINY_KWARGS}}
+LARGE = ("resnet50", "torchvision.mobilenet_v2", "torchvision.vit_b_16")  # --resnet50_rounds rounds
 
 
 # (channels in = out, height = width): resnet56's stages dense (16, 32, 64) and at 40% with
@@ -226,9 +234,11 @@ def architectures(args):
     for key in args.architectures:
         label, name, rate, residual, multiple, input_shape = ARCHITECTURES[key]
         torch.manual_seed(args.seed)
-        model = models.create_model(name, input_shape, 10).eval()
+        model = models.create_model(name, input_shape, 10, **ARCHITECTURE_KWARGS.get(key, {})).eval()
         compact, pruner = prune_untrained(model, rate, residual, multiple)
-        claimed = paper_counted_flops(pruner.graph, layer_stats(model, model.input_shape), rate)
+        # The paper's counting is of convs after pruned convs: meaningless for attention.
+        claimed = (None if key.startswith("vit") else
+                   paper_counted_flops(pruner.graph, layer_stats(model, model.input_shape), rate))
         rounds = args.resnet50_rounds if name in LARGE else args.arch_rounds
         results[key] = compare(model, compact.eval(), args, label, rounds, samples=1, warmup=1,
                                batch_size=args.arch_batch_size, claimed_flops=claimed)

@@ -270,3 +270,14 @@ def test_unknown_model_name_exits_2(capsys):
     assert "unknown model 'resnet_9000'; choose one of: alexnet," in err and "torchvision.<name>" in err
     code, _, _, err = calflop(capsys, "--model=lenet_5", "--format=xml")
     assert code == 2 and err.count("\n") == 1 and "--format" in err
+
+
+@pytest.mark.parametrize("builder", ["convnext_tiny", "mobilenet_v3_small", "regnet_y_400mf"])
+def test_rows_of_torchvision_models_equal_flop_counter_mode(builder):
+    """A Linear on channels-last feature maps (ConvNeXt's blocks) multiplies every pixel: its
+    row counts each weight once per position, as the convs' rows do."""
+    import torchvision
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, builder)(num_classes=10).eval()
+    shape = (3, 64, 64)
+    assert sum(s.flops for s in layer_stats(model, shape)) == count_flops(model, shape)

@@ -152,6 +152,32 @@ def test_swin_patch_merging_reads_each_channel_four_times(graphs):
     assert reduction.sets == stream * 4
 
 
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_flop_rows_count_attention_and_tokens(name):
+    """calFLOP's rows (conv, linear on every token, one row per attention module) add up to what
+    torch.utils.flop_counter counts, dense and compact; zero weights of a projection skip MACs."""
+    from utils.reporting.counting import count_flops, layer_stats
+    model, x = build(name)
+    attention_rows = {s.name: s for s in layer_stats(model, (3, 32, 32)) if s.name in ATTENTION[name]}
+    assert set(attention_rows) == set(ATTENTION[name])
+    assert sum(s.flops for s in layer_stats(model, (3, 32, 32))) == count_flops(model, (3, 32, 32))
+    pruner = ChannelPruner(model, x, criterion="l1norm", rate=0.5, prune_residual=True)
+    pruner.step()
+    small = pruner.compact()
+    rows = layer_stats(small, (3, 32, 32))
+    assert sum(s.flops for s in rows) == count_flops(small, (3, 32, 32)) < count_flops(model, (3, 32, 32))
+    assert sum(s.weights for s in rows) <= parameters(small)
+    if name == "vit":  # 17 tokens: in_proj, out_proj on each, and the products between tokens
+        block = small.encoder.layers[0].self_attention
+        row = next(s for s in rows if s.name == "encoder.layers.encoder_layer_0.self_attention")
+        embed, inner = block.in_proj_weight.shape[1], block.in_proj_weight.shape[0] // 3
+        assert row.macs == 17 * (3 * inner * embed + embed * inner) + 2 * 17 * 17 * inner
+        with torch.no_grad():
+            block.in_proj_weight[:inner].zero_()  # the queries' projection
+        row = next(s for s in layer_stats(small, (3, 32, 32)) if s.name == row.name)
+        assert row.nonzero_macs == row.macs - 17 * inner * embed
+
+
 @pytest.mark.parametrize("residual", [False, True])
 @pytest.mark.parametrize("name", list(BUILDERS))
 def test_step_and_compact_equal_the_masked_model(name, residual):

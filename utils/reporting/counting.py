@@ -2,6 +2,7 @@
 reference tables' convention, equal to what torch.utils.flop_counter.FlopCounterMode counts
 (biases, activations and pooling are not counted, as there)."""
 from dataclasses import dataclass
+from functools import partial
 from typing import Dict, List, Optional, Sequence
 
 import torch
@@ -9,11 +10,11 @@ import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from utils.checkpoints.builders import build, registered_spec
-from utils.layers import weight_layers
+from utils.layers import PRUNABLE_TYPES, weight_layers
 from utils.masks import masked_value
 from utils.modes import eval_mode
 from utils.structure import structure
-from utils.transformers import explicit_attention
+from utils.transformers import ATTENTION_MODULES, explicit_attention
 
 FLOP_CONVENTION = ("FLOP = 2 x multiply-accumulate for one input image (bias, BatchNorm, "
                    "activation and pooling not counted), as torch.utils.flop_counter.FlopCounterMode "
@@ -50,19 +51,30 @@ def count_parameters(model: torch.nn.Module) -> dict:
 
 
 def _uses_per_weight(module: nn.Module, output: torch.Tensor) -> int:
-    """How many times each weight is used for one image: once per output position."""
+    """How many times each weight is used for one image: once per output position (a conv's
+    H x W; a linear layer's tokens, 1 for a classifier on a flat vector)."""
     if isinstance(module, nn.Conv2d):
         return output.shape[-1] * output.shape[-2]
-    return 1
+    return output.numel() // output.shape[0] // output.shape[-1] if output.dim() > 2 else 1
 
 
 @torch.no_grad()
 def layer_stats(model: nn.Module, input_shape) -> List[LayerStats]:
-    """Stats of every conv and linear layer for one image of ``input_shape``, in forward order."""
-    layers = weight_layers(model)
-    outputs = {}
-    hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: outputs.__setitem__(name, out))
-             for name, m in layers]
+    """Stats of every conv and linear layer for one image of ``input_shape``, and of every
+    attention module (torchvision's ViT, Swin, MaxViT), in registration order. An attention row
+    holds what its module computes beyond the rows of its own sublayers: the projections it reads
+    as tensors (nn.MultiheadAttention's in_proj and out_proj, Swin's qkv and proj) and the
+    query-key and attention-value products, counted by FlopCounterMode on its explicit form."""
+    layers = [(name, m) for name, m in model.named_modules()
+              if isinstance(m, PRUNABLE_TYPES + ATTENTION_MODULES)]
+    outputs, calls = {}, {}
+
+    def record(name, module, args, kwargs, out):
+        outputs[name] = out[0] if isinstance(out, tuple) else out
+        if isinstance(module, ATTENTION_MODULES):
+            calls[name] = (args, kwargs)
+
+    hooks = [m.register_forward_hook(partial(record, name), with_kwargs=True) for name, m in layers]
     try:
         with eval_mode(model):
             model(torch.zeros(1, *input_shape, device=next(model.parameters()).device))
@@ -73,9 +85,12 @@ def layer_stats(model: nn.Module, input_shape) -> List[LayerStats]:
     for name, module in layers:
         if name not in outputs:
             # Never called as a module: its owner reads the weights directly (nn.MultiheadAttention's
-            # out_proj); counted with the owner's other parameters, not as a row.
+            # out_proj); counted in the owner's attention row.
             continue
         out = outputs[name]
+        if name in calls:
+            stats.append(_attention_stats(name, module, calls[name], out, outputs))
+            continue
         uses = _uses_per_weight(module, out)
         weight = module.weight
         params = [p for p in (module.weight, module.bias) if p is not None]
@@ -88,6 +103,37 @@ def layer_stats(model: nn.Module, input_shape) -> List[LayerStats]:
             output_shape=tuple(out.shape[1:]),
         ))
     return stats
+
+
+def _attention_stats(name: str, module: nn.Module, call, out: torch.Tensor,
+                     outputs: Dict[str, torch.Tensor]) -> LayerStats:
+    """An attention module's row: its parameters and multiply-accumulates less those of its
+    sublayers that are rows of their own (MaxViT's to_qkv and merge, Swin V2's position MLP)."""
+    args, kwargs = call
+    with explicit_attention(module), FlopCounterMode(display=False) as counter:
+        module(*args, **kwargs)
+    own_rows = [child for child, _ in module.named_modules()
+                if child and f"{name}.{child}" in outputs]
+    macs = counter.get_total_flops() // 2
+    for child in own_rows:
+        sub = module.get_submodule(child)
+        macs -= sub.weight.numel() * _uses_per_weight(sub, outputs[f"{name}.{child}"])
+    params = {key.removesuffix("_orig"): masked_value(module, key, p)
+              for key, p in module.named_parameters()
+              if not any(key.startswith(child + ".") for child in own_rows)}
+    # The projections' weights multiply every token once; a zero weight skips those MACs (the
+    # position-bias table and the products between tokens have no weight to be zero).
+    tokens = args[0].numel() // args[0].shape[-1]
+    zeros = sum(int(p.numel() - torch.count_nonzero(p)) for key, p in params.items()
+                if key.endswith("weight") and p.dim() == 2)
+    return LayerStats(
+        name=name,
+        weights=sum(p.numel() for p in params.values()),
+        nonzero=sum(int(torch.count_nonzero(p)) for p in params.values()),
+        macs=macs,
+        nonzero_macs=macs - zeros * tokens,
+        output_shape=tuple(out.shape[1:]),
+    )
 
 
 def count_flops(model: nn.Module, input_shape) -> int:
