@@ -200,7 +200,7 @@ def test_step_and_compact_equal_the_masked_model(name, residual):
     with torch.no_grad():
         assert small(x).shape == (2, 10)
     if name == "vit":
-        assert small.hidden_dim == (16 if residual else 32)
+        assert small.hidden_dim == (16 if residual else 32) and small.mlp_dim == 32
         assert small.class_token.shape[-1] == small.encoder.pos_embedding.shape[-1] == small.hidden_dim
         for block in small.encoder.layers:
             assert block.num_heads == block.self_attention.num_heads == 2
@@ -270,6 +270,19 @@ def test_saved_and_loaded_compact_model(name, tmp_path):
         assert heads_of(module) == heads // 2
     if name == "vit":
         assert loaded.hidden_dim == 16 and loaded.encoder.layers[0].num_heads == 2
+        assert loaded.mlp_dim == 32
+
+
+def test_vit_mlp_dim_lists_the_blocks_widths_once_they_differ(tmp_path):
+    model, x = build("vit")
+    pruner = ChannelPruner(model, x, criterion="l1norm", rate=0.5,
+                           layer_rates={"encoder.layers.encoder_layer_0.mlp.0": 0.25})
+    pruner.step()
+    small = pruner.compact()
+    assert small.mlp_dim == (48, 32)
+    loaded = load_model(save_model(small, tmp_path / "vit.pt"), model=small_vit())
+    assert loaded.mlp_dim == (48, 32)
+    assert [block.mlp[0].out_features for block in loaded.encoder.layers] == [48, 32]
 
 
 @pytest.mark.parametrize("original,call,shape", [

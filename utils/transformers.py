@@ -19,7 +19,7 @@ attributes hold a width and how each follows the module's tensors after compacti
 """
 import contextlib
 import math
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -202,7 +202,7 @@ def _embedding_of(module: nn.MultiheadAttention) -> int:
 # class -> {attribute: its value computed from the (compacted) tensors}; classes are matched
 # with isinstance, so a compact form follows as its original does. An attribute listed here is
 # a width; the others of the class (image_size, patch_size, window_size, ...) are not.
-DERIVED_WIDTHS: Dict[type, Dict[str, Callable[[nn.Module], int]]] = {
+DERIVED_WIDTHS: Dict[type, Dict[str, Callable[[nn.Module], Union[int, Tuple[int, ...]]]]] = {
     nn.MultiheadAttention: {"embed_dim": _embedding_of, "kdim": _embedding_of,
                             "vdim": _embedding_of, "num_heads": _heads_of_packed_projection},
     swin_transformer.ShiftedWindowAttentionV2: {"num_heads": lambda m: m.logit_scale.shape[0]},
@@ -216,8 +216,16 @@ DERIVED_WIDTHS: Dict[type, Dict[str, Callable[[nn.Module], int]]] = {
     swin_transformer.PatchMergingV2: {"dim": lambda m: m.reduction.weight.shape[1] // 4},
     vision_transformer.EncoderBlock: {
         "num_heads": lambda m: _heads_of_packed_projection(m.self_attention)},
-    vision_transformer.VisionTransformer: {"hidden_dim": lambda m: m.class_token.shape[-1]},
+    vision_transformer.VisionTransformer: {"hidden_dim": lambda m: m.class_token.shape[-1],
+                                           "mlp_dim": lambda m: _mlp_widths(m.encoder.layers)},
 }
+
+
+def _mlp_widths(blocks: nn.Module) -> Union[int, Tuple[int, ...]]:
+    """VisionTransformer's one ``mlp_dim``, or the per-block widths once pruning made them
+    differ (the attribute then says what each block has instead of a width none has)."""
+    widths = [block.mlp[0].out_features for block in blocks]
+    return widths[0] if len(set(widths)) == 1 else tuple(widths)
 
 
 def derived_widths(module: nn.Module) -> Optional[Dict[str, Callable[[nn.Module], int]]]:
@@ -234,4 +242,5 @@ def follow_widths(module: nn.Module) -> None:
     if form is not None:
         module.__class__ = form
     for attribute, width_of in (derived_widths(module) or {}).items():
-        setattr(module, attribute, int(width_of(module)))
+        width = width_of(module)
+        setattr(module, attribute, tuple(width) if isinstance(width, tuple) else int(width))
