@@ -296,7 +296,7 @@ def test_bad_records_and_names_are_user_errors(tmp_path):
     assert [e.id for e in select(["fpgm", "baseline_lenet_5"])] == \
         ["baseline_lenet_5", "fpgm_40_lenet_5_caffe", "fpgm_40_resnet20_fashion",
          "fpgm_40_residual_resnet20_fashion", "fpgm_mix_40_resnet20_fashion",
-         "fpgm_30_mobilenet_v2_fashion"]
+         "fpgm_30_mobilenet_v2_fashion", "fpgm_40_vit_tiny_fashion"]
 
 
 def test_every_pruning_experiment_names_a_baseline_that_runs_before_it():
