@@ -89,7 +89,8 @@ def compare(dense, compact, label: str, args) -> dict:
             largest[key] = result["largest_output"]
     f_dense, f_compact = flops(dense), flops(compact)
     print(f"\n{label}")
-    print(f"  widths          {list(dense.widths)} -> {list(compact.widths)}")
+    if getattr(dense, "widths", None) is not None:  # registered models; others: the structure
+        print(f"  widths          {list(dense.widths)} -> {list(compact.widths)}")
     print(f"  parameters      {sum(p.numel() for p in dense.parameters()):,} -> "
           f"{sum(p.numel() for p in compact.parameters()):,}")
     print(f"  FLOPs per image {f_dense:,} -> {f_compact:,} ({f_dense / f_compact:.2f}x fewer)")

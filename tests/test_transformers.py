@@ -354,3 +354,15 @@ def test_a_compact_model_prunes_again(name):
     smaller = second.compact()
     assert second.compact_difference < COMPACT_TOLERANCE
     assert parameters(smaller) < parameters(small)
+
+
+def test_a_pruned_vit_exports_to_onnx_and_matches(tmp_path):
+    """The compact attention (fused scaled_dot_product_attention in eval) exports, and the
+    runtime's outputs match PyTorch's (utils.export checks them before writing)."""
+    from utils.export import export_onnx
+    model, x = build("vit")
+    pruner = ChannelPruner(model, x, criterion="l1norm", rate=0.5)
+    pruner.step()
+    small = pruner.compact().eval()
+    result = export_onnx(small, tmp_path / "vit.onnx", torch.randn(4, 3, 32, 32))
+    assert (tmp_path / "vit.onnx").is_file() and result["max_abs_diff"] < 1e-4
