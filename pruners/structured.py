@@ -38,14 +38,21 @@ DATA_BATCHES = 8
 
 # ---- what the paper's counting claims -----------------------------------------------------
 
-def paper_counted_flops(graph: DependencyGraph, stats: List[LayerStats], rate: float) -> int:
+def paper_counted_flops(graph: DependencyGraph, stats: List[LayerStats], rate: float) -> Optional[int]:
     """The FLOPs the FPGM paper's counting reports for pruning every conv layer at ``rate``:
     each conv's FLOPs x (1 - rate) for its pruned filters, x (1 - rate) again when its input
     comes straight from a pruned conv's output (not through a residual add); linear layers dense.
     In a basic block that is the first conv at (1 - r) and the second at (1 - r)^2, as the
     official CIFAR code counts, although the residual stream the block adds into keeps its width
-    and so must the second conv's outputs: the compact model's FLOPs are what is real."""
+    and so must the second conv's outputs: the compact model's FLOPs are what is real.
+    None for a model with no conv whose filters are pruned inside a block (a vision
+    transformer's only conv writes its embedding stream): the counting describes none of it."""
     reads = {u.layer: u for u in graph.uses if not u.writes and u.dim == 1}
+    convs = {layer.name for layer in stats if len(layer.output_shape) == 3}
+    written = [graph.group_of.get(u.sets[0]) for u in graph.uses
+               if u.writes and u.dim == 0 and u.layer in convs and u.sets]
+    if not any(g is not None and not g.fixed and not g.residual for g in written):
+        return None
     total = 0.0
     for layer in stats:
         if len(layer.output_shape) != 3:  # a linear layer: the paper prunes convolutions only

@@ -366,3 +366,11 @@ def test_a_pruned_vit_exports_to_onnx_and_matches(tmp_path):
     small = pruner.compact().eval()
     result = export_onnx(small, tmp_path / "vit.onnx", torch.randn(4, 3, 32, 32))
     assert (tmp_path / "vit.onnx").is_file() and result["max_abs_diff"] < 1e-4
+
+
+def test_the_papers_conv_counting_is_not_claimed_for_a_transformer():
+    from pruners.structured import paper_counted_flops
+    from utils.reporting.counting import layer_stats
+    model, x = build("vit")
+    graph = build_graph(model, x)
+    assert paper_counted_flops(graph, layer_stats(model, (3, 32, 32)), 0.4) is None
