@@ -374,3 +374,16 @@ def test_the_papers_conv_counting_is_not_claimed_for_a_transformer():
     model, x = build("vit")
     graph = build_graph(model, x)
     assert paper_counted_flops(graph, layer_stats(model, (3, 32, 32)), 0.4) is None
+
+
+@pytest.mark.parametrize("criterion", ["fpgm", "l1norm", "sfp", "taylor"])
+def test_every_criterion_prunes_heads_and_mlp_and_exclude_takes_their_names(criterion):
+    model, x = build("vit")
+    first, second = "encoder.layers.encoder_layer_0.self_attention", "encoder.layers.encoder_layer_1.self_attention"
+    pruner = ChannelPruner(model, x, criterion=criterion, rate=0.5, exclude=[first],
+                           layer_rates={"encoder.layers.encoder_layer_1.mlp.0": 0.25})
+    pruner.step(data=[(x, torch.tensor([1, 2]))] if criterion == "taylor" else None)
+    small = pruner.compact()
+    assert pruner.compact_difference < COMPACT_TOLERANCE
+    assert small.get_submodule(first).num_heads == 4 and small.get_submodule(second).num_heads == 2
+    assert [block.mlp[0].out_features for block in small.encoder.layers] == [32, 48]
