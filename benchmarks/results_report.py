@@ -15,6 +15,7 @@ from utils.errors import UserError
 from utils.files import write_text
 from utils.reporting.counting import FLOP_CONVENTION
 from utils.reporting.tables import markdown_table, render_markdown
+from utils.timing import speedup as paired_speedup
 
 BEGIN_MARKER = "<!-- results:begin -->"
 END_MARKER = "<!-- results:end -->"
@@ -227,16 +228,20 @@ def any_model_section(found: Dict[str, dict]) -> List[str]:
                          f"{r['nonzero_flops']:,}" + (f" ({r['nonzero_flops'] / r['parent_flops'] - 1:+.1%})"
                                                       if pruned else ""),
                          f"{r['speedup']:.2f}x" if pruned else NA,
-                         f"{r['deployed_speedup']:.2f}x" if "deployed_speedup" in r else NA])
+                         f"{r['deployed_speedup']:.2f}x" if "deployed_speedup" in r else NA,
+                         f"{paired_speedup(r['parent_latency'], r['latency']):.2f}x"
+                         if pruned and "round_medians_ms" in r.get("latency", {}) else NA])
         dataset = DATASET_TITLES.get(records[0]["dataset"], records[0]["dataset"])
         lines += [f"#### Any model: `--model={model}` ({dataset})", "",
                   f"{ANY_MODEL_NOTES.get(model, 'A model the toolkit does not ship.')} "
                   "One run each (seed 0).", "",
                   markdown_table(["Method", "Schedule", "Top1", "Parameters", "FLOPs", "Speed-up",
-                                  "Deployed"], rows,
-                                 align=["left", "left", "right", "right", "right", "right", "right"]),
-                  "", "Speed-ups: batch 256 throughput against the baseline in the same pruning.py "
-                      "process, eager and deployed (BatchNorm folded, channels_last).", ""]
+                                  "Deployed", "Batch 1"], rows,
+                                 align=["left", "left", "right", "right", "right", "right", "right",
+                                        "right"]),
+                  "", f"Speed-ups against the baseline in the same pruning.py process: batch "
+                      f"{INFERENCE_BATCH} throughput, eager and deployed (BatchNorm folded, "
+                      "channels_last), and batch-1 latency, eager.", ""]
     return lines
 
 
