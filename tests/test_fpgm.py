@@ -326,7 +326,7 @@ def test_speed_benchmark_runs_and_reports_ratios(trained_checkpoint):
     results = fpgm_speed.main([f"--load_folder_model={path}", f"--data_dir={data_dir}", "--no_verify_data",
                                "--batch_size=8", "--rounds=1", "--samples=1", "--warmup=1",
                                "--alexnet_images=32", "--alexnet_samples=1",
-                               "--architectures", "resnet56_residual_aligned", "--arch_batch_size=2",
+                               "--architectures", "resnet56_residual_aligned", "vit_tiny", "--arch_batch_size=2",
                                "--arch_rounds=3"])
     # the FLOP ratio is exact: widths (20, 50, 500) -> (12, 30, 300) on 28x28 inputs
     assert results["lenet_5_caffe"]["flop_ratio"] == pytest.approx(4_586_000 / 1_791_600)
@@ -336,6 +336,14 @@ def test_speed_benchmark_runs_and_reports_ratios(trained_checkpoint):
     assert set(results["resnet56_residual_aligned"]["forms"]) == {"eager", "deployed"}
     assert set(results["lenet_5_caffe"]["forms"]) == {"eager", "deployed"}
     assert results["resnet56_residual_aligned"]["flop_ratio"] > 2.5
+    # the small ViT, 17 tokens of 192 channels: 6 heads of 32 -> 4, MLP 768 -> 461 in each of 6
+    # blocks (q, k, v and output projections, the two products between tokens, the MLP); the
+    # patch embedding and the classifier stay
+    def vit_macs(inner, mlp, tokens=17, embed=192):
+        block = tokens * (4 * inner * embed + 2 * mlp * embed) + 2 * tokens * tokens * inner
+        return 6 * block + 192 * 3 * 7 * 7 * 16 + 192 * 10
+    assert results["vit_tiny"]["flops"] == {"dense": 2 * vit_macs(192, 768),
+                                            "compact": 2 * vit_macs(128, 461), "paper_counting": None}
 
 
 def test_finetune_epochs_train_the_compact_model_and_the_report_counts_parameters(
