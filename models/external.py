@@ -61,6 +61,12 @@ def check_name(name: str) -> str:
     return name
 
 
+# How builders refuse their arguments (torchvision's classes assert, for example that
+# hidden_dim divides by num_heads): the user's --model_kwargs, so one line. Other exceptions are
+# a builder's own bugs and keep their traceback.
+BUILDER_ARGUMENT_ERRORS = (TypeError, ValueError, AssertionError)
+
+
 def _torchvision_net(short: str, num_classes: int, size: int, kwargs: dict) -> nn.Module:
     import torchvision
     kwargs = {"num_classes": num_classes, **kwargs}
@@ -73,7 +79,7 @@ def _torchvision_net(short: str, num_classes: int, size: int, kwargs: dict) -> n
         kwargs.setdefault("input_size", (size, size))
     try:
         return torchvision.models.get_model(short, **kwargs)
-    except (TypeError, ValueError) as exc:
+    except BUILDER_ARGUMENT_ERRORS as exc:
         raise UserError(f"torchvision.{short} cannot be built with {kwargs}: {exc}") from None
 
 
@@ -90,8 +96,9 @@ def _user_net(name: str, input_shape: Tuple[int, ...], num_classes: int, kwargs:
             given.setdefault(key, value)
     try:
         net = builder(**given)
-    except TypeError as exc:
-        raise UserError(f"builder {name} cannot be called with {given}: {exc}") from None
+    except BUILDER_ARGUMENT_ERRORS as exc:
+        raise UserError(f"builder {name} cannot be called with {given}: "
+                        f"{type(exc).__name__}: {exc}") from None
     if not isinstance(net, nn.Module):
         raise UserError(f"builder {name} returned a {type(net).__name__}, not an nn.Module")
     return net
@@ -145,7 +152,7 @@ def check_forward(model: nn.Module, input_shape: Sequence[int], name: str) -> No
         with torch.no_grad():
             device = next((p.device for p in model.parameters()), torch.device("cpu"))
             model(torch.zeros(1, *input_shape, device=device))
-    except RuntimeError as exc:
+    except (RuntimeError, AssertionError, ValueError) as exc:  # torch._assert: AssertionError
         line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{name} cannot run on {'x'.join(map(str, input_shape))} images ({line}); "
                         "give --image_size=N, a square size the model's input adapter resizes "

@@ -100,6 +100,15 @@ def test_user_builder_through_every_method_kind(trained, mnist_dir, capsys):
     (["--model=tests.user_models:tiny_net", '--model_kwargs={"depth": 3}'], "cannot be called with"),
     (["--model=lenet_300_100", '--model_kwargs={"a": 1}'], "--model_kwargs is for torchvision"),
     (["--model=torchvision.inception_v3"], "give --image_size=N"),
+    # a builder's own assertion on its arguments, and a forward pass that torch._assert refuses
+    (["--model=torchvision.models.vision_transformer:VisionTransformer",
+      '--model_kwargs={"image_size": 28, "patch_size": 7, "num_layers": 1, "num_heads": 5, '
+      '"hidden_dim": 32, "mlp_dim": 64}'],
+     "AssertionError: embed_dim must be divisible by num_heads"),
+    (["--model=torchvision.models.vision_transformer:VisionTransformer",
+      '--model_kwargs={"image_size": 28, "patch_size": 5, "num_layers": 1, "num_heads": 4, '
+      '"hidden_dim": 32, "mlp_dim": 64}'],
+     "Input shape indivisible by patch size!"),
     (["--model=torchvision.resnet18", "--pretrained"], "starts from random weights here"),
 ])
 def test_models_that_cannot_be_built_are_one_line(tmp_path, mnist_dir, capsys, argv, message):
