@@ -36,6 +36,7 @@ import statistics
 import sys
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple, Tuple
 
 import torch
 
@@ -173,27 +174,39 @@ def compare(dense, compact, args, label, rounds, samples, warmup, batch_size=Non
             "flops": {"dense": f_dense, "compact": f_compact, "paper_counting": claimed_flops}}
 
 
-# (label, model, cut rate, --prune_residual, --channel_multiple, input shape): the paper's
-# architectures and torchvision's MobileNetV2, random weights (speed depends on the widths only).
+class Architecture(NamedTuple):
+    """A dense/compact pair to time: the paper's architectures, torchvision's MobileNetV2 and a
+    small ViT, random weights (speed depends on the widths only)."""
+    label: str
+    model: str
+    rate: float
+    prune_residual: bool
+    channel_multiple: int
+    input_shape: Tuple[int, int, int]
+    options: dict = {}  # create_model's keyword arguments (builder_kwargs of a class)
+
+
 # resnet50 resizes its 32x32 input to 224x224 itself; mobilenet_v2 is torchvision's own model
 # (--model=torchvision.mobilenet_v2), given 224x224 inputs.
 ARCHITECTURES = {
-    "resnet56": ("resnet56, fpgm 40%, block-internal channels", "resnet56", 0.4, False, 1, (3, 32, 32)),
-    "resnet56_residual": ("resnet56, fpgm 40%, with --prune_residual", "resnet56", 0.4, True, 1,
-                          (3, 32, 32)),
-    "resnet56_residual_aligned": ("resnet56, fpgm 40%, --prune_residual --channel_multiple=8",
-                                  "resnet56", 0.4, True, 8, (3, 32, 32)),
-    "resnet50": ("resnet50 (224x224), fpgm 30%, block-internal channels", "resnet50", 0.3, False, 1,
-                 (3, 32, 32)),
-    "mobilenet_v2": ("torchvision mobilenet_v2 (224x224), fpgm 30%, block-internal channels",
-                     "torchvision.mobilenet_v2", 0.3, False, 1, (3, 224, 224)),
+    "resnet56": Architecture("resnet56, fpgm 40%, block-internal channels", "resnet56", 0.4, False,
+                             1, (3, 32, 32)),
+    "resnet56_residual": Architecture("resnet56, fpgm 40%, with --prune_residual", "resnet56", 0.4,
+                                      True, 1, (3, 32, 32)),
+    "resnet56_residual_aligned": Architecture(
+        "resnet56, fpgm 40%, --prune_residual --channel_multiple=8", "resnet56", 0.4, True, 8,
+        (3, 32, 32)),
+    "resnet50": Architecture("resnet50 (224x224), fpgm 30%, block-internal channels", "resnet50",
+                             0.3, False, 1, (3, 32, 32)),
+    "mobilenet_v2": Architecture("torchvision mobilenet_v2 (224x224), fpgm 30%, block-internal "
+                                 "channels", "torchvision.mobilenet_v2", 0.3, False, 1, (3, 224, 224)),
     # Heads and MLP width of every block (the embedding stream stays): the README's small ViT
     # (benchmarks/experiments.py, Fashion-MNIST-shaped input). (ViT-B/16 at batch 64 takes about
     # a minute a pass on one core here: too slow for paired rounds.)
-    "vit_tiny": ("ViT 6 layers, 6 heads, width 192, patch 7 (28x28), fpgm 40%, heads and MLP",
-                 VIT_TINY, 0.4, False, 1, (1, 28, 28)),
+    "vit_tiny": Architecture("ViT 6 layers, 6 heads, width 192, patch 7 (28x28), fpgm 40%, heads "
+                             "and MLP", VIT_TINY, 0.4, False, 1, (1, 28, 28),
+                             {"builder_kwargs": VIT_TINY_KWARGS}),
 }
-ARCHITECTURE_KWARGS = {"vit_tiny": {"builder_kwargs": VIT_TINY_KWARGS}}
 LARGE = ("resnet50", "torchvision.mobilenet_v2")  # timed for --resnet50_rounds rounds
 
 
@@ -231,15 +244,13 @@ def architectures(args):
     resnet50) inputs."""
     results = {}
     for key in args.architectures:
-        label, name, rate, residual, multiple, input_shape = ARCHITECTURES[key]
+        spec = ARCHITECTURES[key]
         torch.manual_seed(args.seed)
-        model = models.create_model(name, input_shape, 10, **ARCHITECTURE_KWARGS.get(key, {})).eval()
-        compact, pruner = prune_untrained(model, rate, residual, multiple)
-        # The paper's counting is of convs after pruned convs: meaningless for attention.
-        claimed = (None if key.startswith("vit") else
-                   paper_counted_flops(pruner.graph, layer_stats(model, model.input_shape), rate))
-        rounds = args.resnet50_rounds if name in LARGE else args.arch_rounds
-        results[key] = compare(model, compact.eval(), args, label, rounds, samples=1, warmup=1,
+        model = models.create_model(spec.model, spec.input_shape, 10, **spec.options).eval()
+        compact, pruner = prune_untrained(model, spec.rate, spec.prune_residual, spec.channel_multiple)
+        claimed = paper_counted_flops(pruner.graph, layer_stats(model, model.input_shape), spec.rate)
+        rounds = args.resnet50_rounds if spec.model in LARGE else args.arch_rounds
+        results[key] = compare(model, compact.eval(), args, spec.label, rounds, samples=1, warmup=1,
                                batch_size=args.arch_batch_size, claimed_flops=claimed)
     return results
 
