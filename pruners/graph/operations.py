@@ -24,6 +24,7 @@ from torchvision.models import maxvit, swin_transformer
 from models.layers import ZeroPadShortcut
 from pruners.graph.core import (Attr, DependencyGraph, Group, Label, Normalization, SizeUse,
                                 TensorUse, UnionFind, ids_along, module_order, refusal)
+from pruners.graph.shapes import shape_only_output
 
 try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt, Swin): drops whole samples
     from torchvision.ops import stochastic_depth as _stochastic_depth
@@ -131,6 +132,12 @@ class Walk(torch.fx.Interpreter):
         self.sizes: List[SizeUse] = []
 
     # -- the run -------------------------------------------------------------------------------
+
+    def call_module(self, target, args, kwargs):
+        # Convolutions and linear layers are not computed: no label depends on their values
+        # (see shapes.py), and they are nearly all of the pass's arithmetic.
+        value = shape_only_output(self.modules[target], args, kwargs)
+        return value if value is not None else super().call_module(target, args, kwargs)
 
     def run_node(self, node: torch.fx.Node):
         value = super().run_node(node)
