@@ -7,7 +7,6 @@ plain state_dict a checkpoint stores, and making masks permanent for inference.
 Pruned entries are stored and left as +0.0: ``orig * mask`` gives -0.0 where ``orig`` was
 negative, which a sign-blind comparison cannot tell from +0.0 but a file round trip would change.
 """
-import copy
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
@@ -15,6 +14,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as prune
 
 from utils.errors import UserError
+from utils.module_copy import deepcopy_modules
 
 _ORIG, _MASK = "_orig", "_mask"
 
@@ -95,7 +95,7 @@ def detached_copy(model: nn.Module, replace: Optional[Dict[int, torch.Tensor]] =
     with torch.no_grad():
         for _, module, tensor in masked_tensors(model):
             setattr(module, tensor, getattr(module, tensor + _ORIG) * getattr(module, tensor + _MASK))
-    return copy.deepcopy(model, dict(replace or {}))
+    return deepcopy_modules(model, dict(replace or {}))
 
 
 @torch.no_grad()

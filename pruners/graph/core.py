@@ -169,7 +169,7 @@ class DependencyGraph:
     model_name: str
     uses: List[TensorUse]
     groups: List[Group]
-    set_of: Dict[Tuple[str, int], int]          # (layer, output channel) -> set
+    output_sets: Dict[str, List[int]]            # writer layer -> the set of each output channel
     normalizations: List[Normalization] = field(default_factory=list)
     sizes: List[SizeUse] = field(default_factory=list)
     example_inputs: Tuple[torch.Tensor, ...] = ()
@@ -224,7 +224,13 @@ class DependencyGraph:
         self._set_ids[id(record)] = (record.sets, sets)
 
     def group_at(self, layer: str, channel: int) -> Group:
-        return self.group_of[self.set_of[(layer, channel)]]
+        return self.group_of[self.output_sets[layer][channel]]
+
+    @property
+    def set_of(self) -> Dict[Tuple[str, int], int]:
+        """(writer layer, output channel) -> its set."""
+        return {(layer, channel): s for layer, sets in self.output_sets.items()
+                for channel, s in enumerate(sets)}
 
     def prunable(self, residual: bool = False) -> List[Group]:
         """Groups whose channels may be removed: never the input's or the output's; residual

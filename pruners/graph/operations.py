@@ -285,39 +285,35 @@ class Walk(torch.fx.Interpreter):
                 fixed.setdefault(root, reason)
         added = set(roots(torch.cat(self.added)).tolist()) if self.added else set()
         order = module_order(self.model)
-        output_sets = {layer: roots(ids).tolist() for layer, ids in self.outputs.items()}
-        writers: Dict[int, Set[str]] = {}
-        set_of = {}
-        for layer, sets in output_sets.items():
-            for channel, root in enumerate(sets):
-                writers.setdefault(root, set()).add(layer)
-                set_of[(layer, channel)] = root
-        by_signature: Dict[Tuple[str, ...], List[int]] = {}
-        seen = set()
-        for layer in sorted(self.outputs, key=order.get):  # sets in their first writer's order
-            for root in output_sets[layer]:
-                if root in seen:
-                    continue
-                seen.add(root)
-                signature = tuple(sorted(writers[root], key=order.get))
-                by_signature.setdefault(signature, []).append(root)
+        layers = sorted(self.outputs, key=order.get)
+        if layers:
+            written = roots(torch.cat([self.outputs[layer] for layer in layers]))
+            flat = written.tolist()
+            output_sets, start = {}, 0
+            for layer in layers:
+                output_sets[layer] = flat[start:start + len(self.outputs[layer])]
+                start += len(self.outputs[layer])
+            signatures = _sets_by_writers(written, [len(self.outputs[layer]) for layer in layers])
+        else:
+            output_sets, signatures = {}, []
         unit_of = self._units()
         groups = []
-        for signature, sets in by_signature.items():
+        for writer_positions, sets in signatures:
+            signature = tuple(layers[k] for k in writer_positions)
             first = signature[0]
             start = output_sets[first].index(sets[0])
             name = first if start == 0 else f"{first}[{start}:]"
-            reasons = [fixed[s] for s in sets if s in fixed]
+            reasons = [fixed[s] for s in sets if s in fixed] if fixed else []
             units, why = _group_units(sets, unit_of)
             if why:
                 reasons.append(why)
             groups.append(Group(name=name, sets=sets, writers=signature,
-                                residual=any(s in added for s in sets), fixed=bool(reasons),
+                                residual=not added.isdisjoint(sets), fixed=bool(reasons),
                                 reason=reasons[0] if reasons else "", units=units))
         groups = _merge_groups_sharing_units(groups, unit_of, order)
         resolved = self._resolve_sets()
         graph = DependencyGraph(getattr(self.model, "registry_name", type(self.model).__name__),
-                                self.uses, groups, set_of, self.normalizations, self.sizes)
+                                self.uses, groups, output_sets, self.normalizations, self.sizes)
         for record, sets in resolved:
             graph.know_sets(record, sets)
         return graph
@@ -340,15 +336,77 @@ class Walk(torch.fx.Interpreter):
         return resolved
 
     def _units(self) -> Dict[int, int]:
-        """Set -> the smallest set it must leave with (itself when nothing couples it)."""
+        """Set -> the smallest set it must leave with, for every set coupled to another (a set
+        absent from the result leaves alone)."""
+        if not self.units:
+            return {}
         sets = torch.nonzero(self.uf.parent == torch.arange(self.uf.count)).flatten()
         coupling = UnionFind()
         coupling.new(self.uf.count)
-        if self.units:
-            members = torch.cat([unit.reshape(-1) for unit in self.units])
-            firsts = torch.cat([unit.reshape(-1)[:1].expand(unit.numel()) for unit in self.units])
-            coupling.union(self.uf.roots(firsts), self.uf.roots(members))
-        return dict(zip(sets.tolist(), coupling.roots(sets).tolist()))
+        members = torch.cat([unit.reshape(-1) for unit in self.units])
+        firsts = torch.cat([unit.reshape(-1)[:1].expand(unit.numel()) for unit in self.units])
+        coupling.union(self.uf.roots(firsts), self.uf.roots(members))
+        unit = coupling.roots(sets)
+        coupled = torch.bincount(unit, minlength=self.uf.count)[unit] > 1
+        return dict(zip(sets[coupled].tolist(), unit[coupled].tolist()))
+
+
+def _sets_by_writers(written: torch.Tensor, sizes: List[int]) -> List[Tuple[List[int], List[int]]]:
+    """The channel sets grouped by the layers that write them. ``written``: the set of every
+    output channel of every writer, writer after writer in module order (``sizes`` channels
+    each). Returns (writer positions, sets) per group: groups in the order their first set is
+    first written, sets in the order they are first written, as a Python pass over every
+    channel would give them. Done on tensors, since a model has tens of thousands of channels:
+    channels are bucketed by a sum of random 40-bit numbers, one per writer, and every bucket
+    is then checked to hold one writer signature exactly (a collision falls back to the pass)."""
+    count = len(written)
+    writer = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    sets, where = torch.unique(written, return_inverse=True)
+    first = torch.full((len(sets),), count, dtype=torch.long).scatter_reduce_(
+        0, where, torch.arange(count), reduce="amin")
+    pairs = torch.unique(where * len(sizes) + writer)  # (set, writer), sorted by set then writer
+    pair_set, pair_writer = pairs // len(sizes), pairs % len(sizes)
+    weights = torch.randint(0, 2 ** 40, (len(sizes),), generator=torch.Generator().manual_seed(0))
+    signature = torch.zeros(len(sets), dtype=torch.long).index_add_(0, pair_set, weights[pair_writer])
+    _, bucket = torch.unique(signature, return_inverse=True)
+    buckets = int(bucket.max()) + 1
+    writers_per_set = torch.bincount(pair_set, minlength=len(sets))
+    in_bucket = torch.unique(bucket[pair_set] * len(sizes) + pair_writer) // len(sizes)
+    exact = (torch.bincount(in_bucket, minlength=buckets)[bucket] == writers_per_set).all()
+    if not bool(exact):
+        return _sets_by_writers_in_python(written.tolist(), sizes)
+    # Buckets in the order of their first set, sets within a bucket in first-written order.
+    bucket_first = torch.full((buckets,), count, dtype=torch.long).scatter_reduce_(
+        0, bucket, first, reduce="amin")
+    rank = torch.empty(buckets, dtype=torch.long)
+    rank[torch.argsort(bucket_first)] = torch.arange(buckets)
+    by_order = torch.argsort(rank[bucket] * (count + 1) + first)
+    per_bucket = torch.bincount(rank[bucket], minlength=buckets).tolist()
+    ordered_sets = sets[by_order].tolist()
+    starts = (torch.cumsum(writers_per_set, 0) - writers_per_set).tolist()
+    counts, writer_list = writers_per_set.tolist(), pair_writer.tolist()
+    result, start = [], 0
+    for size in per_bucket:
+        one = int(by_order[start])  # the first set of the bucket, by its index among ``sets``
+        result.append((writer_list[starts[one]:starts[one] + counts[one]],
+                       ordered_sets[start:start + size]))
+        start += size
+    return result
+
+
+def _sets_by_writers_in_python(written: List[int], sizes: List[int]
+                               ) -> List[Tuple[List[int], List[int]]]:
+    """``_sets_by_writers`` one channel at a time."""
+    writers: Dict[int, Set[int]] = {}
+    start = 0
+    for position, size in enumerate(sizes):
+        for s in written[start:start + size]:
+            writers.setdefault(s, set()).add(position)
+        start += size
+    by_signature: Dict[Tuple[int, ...], List[int]] = {}
+    for s in dict.fromkeys(written):
+        by_signature.setdefault(tuple(sorted(writers[s])), []).append(s)
+    return [(list(signature), sets) for signature, sets in by_signature.items()]
 
 
 def _without_constant_dims(ids: torch.Tensor) -> torch.Tensor:
@@ -364,6 +422,8 @@ def _without_constant_dims(ids: torch.Tensor) -> torch.Tensor:
 def _group_units(sets: List[int], unit_of: Dict[int, int]) -> Tuple[List[List[int]], str]:
     """Positions of ``sets`` grouped into the units that leave together; a reason to keep the
     group whole when its units differ in size (a criterion compares units of one size)."""
+    if unit_of.keys().isdisjoint(sets):
+        return [[position] for position in range(len(sets))], ""
     by_unit: Dict[int, List[int]] = {}
     for position, s in enumerate(sets):
         by_unit.setdefault(unit_of.get(s, s), []).append(position)
@@ -389,8 +449,9 @@ def _merge_groups_sharing_units(groups: List[Group], unit_of: Dict[int, int],
 
     owner: Dict[int, int] = {}
     for index, group in enumerate(groups):
-        for s in group.sets:
-            other = owner.setdefault(unit_of.get(s, s), index)
+        # A set leaves alone unless coupled, and belongs to one group: only coupled sets merge.
+        for s in unit_of.keys() & group.sets:
+            other = owner.setdefault(unit_of[s], index)
             if root(other) != root(index):
                 parent[max(root(other), root(index))] = min(root(other), root(index))
     members: Dict[int, List[Group]] = {}
