@@ -321,3 +321,29 @@ def test_union_find_roots_are_the_smallest_id_of_each_component():
             reference = {i: low if r == high else r for i, r in reference.items()}
     assert uf.roots(torch.arange(count)).tolist() == [reference[i] for i in range(count)]
     assert uf.roots(torch.arange(count).reshape(-1, 1).expand(count, 3)).shape == (count, 3)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sets_grouped_by_writers_on_tensors_match_the_python_pass(seed):
+    """Grouping channel sets by the layers that write them: the tensor form (buckets by a sum
+    of random numbers, checked exactly) gives the groups, their order and their sets' order that
+    a pass over every channel gives."""
+    from pruners.graph.operations import _sets_by_writers, _sets_by_writers_in_python
+    generator = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(1, 40, (12,), generator=generator).tolist()
+    # Few distinct sets, so that many are written by several layers.
+    written = torch.randint(0, 60, (sum(sizes),), generator=generator)
+    assert _sets_by_writers(written, sizes) == _sets_by_writers_in_python(written.tolist(), sizes)
+
+
+def test_sets_grouped_by_writers_fall_back_when_buckets_collide(monkeypatch):
+    """Every writer given the same number: all signatures collide, the exact check notices and
+    the Python pass decides."""
+    from pruners.graph.operations import _sets_by_writers, _sets_by_writers_in_python
+    sizes = [4, 4, 3]
+    written = torch.tensor([0, 1, 2, 3, 0, 1, 5, 6, 7, 8, 0])
+    monkeypatch.setattr(torch, "randint", lambda low, high, size, generator=None:
+                        torch.ones(size, dtype=torch.long))
+    expected = _sets_by_writers_in_python(written.tolist(), sizes)
+    assert _sets_by_writers(written, sizes) == expected
+    assert [w for w, _ in expected] == [[0, 1, 2], [0, 1], [0], [1], [2]]
