@@ -58,7 +58,7 @@ def pruned_sets(graph: DependencyGraph, pruned: Dict[str, Sequence[int]]) -> Set
         if len(positions) >= len(group):
             raise ValueError(f"removing all {len(group)} channels of {name} would disconnect the model")
         chosen = set(positions)
-        for unit in group.units:
+        for unit in group.units if len(group.units) != len(group) else ():  # coupled channels
             if len(unit) > 1 and chosen & set(unit) and not set(unit) <= chosen:
                 raise ValueError(f"{name}'s channels leave in units of {len(unit)} (a grouped "
                                  f"convolution's or GroupNorm's groups); {positions} splits {unit}")
@@ -68,11 +68,13 @@ def pruned_sets(graph: DependencyGraph, pruned: Dict[str, Sequence[int]]) -> Set
 
 # ---- the masked model --------------------------------------------------------------------------
 
-def tensor_at(model: nn.Module, key: str) -> torch.Tensor:
+def tensor_at(model: nn.Module, key: str, modules: Optional[Dict[str, nn.Module]] = None
+              ) -> torch.Tensor:
     """The tensor a state_dict key names; under a torch.nn.utils.prune mask, the original that
-    training updates."""
+    training updates. ``modules``: ``dict(model.named_modules())``, for many lookups."""
     module_name, _, name = key.rpartition(".")
-    module = model.get_submodule(module_name) if module_name else model
+    module = (modules[module_name] if modules is not None
+              else model.get_submodule(module_name) if module_name else model)
     if hasattr(module, name + "_orig"):
         return getattr(module, name + "_orig")
     return getattr(module, name)
@@ -82,12 +84,13 @@ def writer_tensors(model: nn.Module, graph: DependencyGraph, sets: Set[int]):
     """(key, tensor, dim, positions) of every computing tensor that writes one of ``sets``
     (positions: a LongTensor on the tensor's device)."""
     chosen = graph.set_mask(sets)
+    modules = dict(model.named_modules())
     for use in graph.uses:
         if not use.writes or use.key.rsplit(".", 1)[-1] in _STATISTICS:
             continue
         positions = graph.positions(use, chosen)
         if len(positions):
-            tensor = tensor_at(model, use.key)
+            tensor = tensor_at(model, use.key, modules)
             yield use.key, tensor, use.dim, positions.to(tensor.device)
 
 
@@ -261,8 +264,7 @@ def compact_model(model: nn.Module, pruned: Dict[str, Sequence[int]],
     if hasattr(small, "width_groups") and hasattr(small, "widths"):
         small.widths = tuple(sum(1 for s in graph.group_at(layer, channel).sets if s not in gone)
                              for layer, channel in small.width_groups())
-    small.train(model.training)
-    return small
+    return small  # in the modes ``model``'s modules are in: the copy has their flags
 
 
 def _cut(tensor: torch.Tensor, dims: List[Tuple[int, torch.Tensor]]) -> torch.Tensor:

@@ -7,6 +7,7 @@ import torch.nn as nn
 from pruners.graph.core import DependencyGraph
 from pruners.graph.operations import Walk
 from utils.gc_pause import gc_paused
+from utils.modes import eval_mode, training_mode
 from utils.tracing import traced_graph
 
 
@@ -36,15 +37,10 @@ def build_graph(model: nn.Module, example_inputs) -> DependencyGraph:
     mode, so branches taken only in training (auxiliary classifiers) are part of the graph, and
     run in eval mode without gradients."""
     inputs = as_inputs(model, example_inputs)
-    was_training = model.training
-    model.train()
-    try:
+    with training_mode(True, model):
         fx_graph = traced_graph(model)
-        model.eval()
-        with torch.no_grad():
-            graph = Walk(fx_graph, model).run(*inputs)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        graph = Walk(fx_graph, model).run(*inputs)
     graph.example_inputs = tuple(x.detach() for x in inputs)
     return graph
 

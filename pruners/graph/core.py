@@ -182,7 +182,7 @@ class DependencyGraph:
             self._by_name.setdefault(group.name, group)
         self._uses_by_layer: Optional[Dict[str, List[Tuple[int, TensorUse]]]] = None
         self._set_ids: Dict[int, Tuple[List[int], torch.Tensor]] = {}
-        self._set_count: Optional[int] = None
+        self.set_count: Optional[int] = None  # more than the largest set id
 
     def group(self, name: str) -> Group:
         return self._by_name[name]
@@ -201,11 +201,11 @@ class DependencyGraph:
 
     def set_mask(self, sets: Iterable[int]) -> torch.Tensor:
         """A boolean per channel set id, True for ``sets`` (to pass to ``positions``)."""
-        if self._set_count is None:
+        if self.set_count is None:
             records = [r.sets for r in self.uses + self.normalizations + self.sizes]
-            self._set_count = 1 + max((max(r) for r in records if r), default=-1)
-        mask = torch.zeros(self._set_count, dtype=torch.bool)
-        chosen = [s for s in sets if s < self._set_count]  # a set no record holds has no position
+            self.set_count = 1 + max((max(r) for r in records if r), default=-1)
+        mask = torch.zeros(self.set_count, dtype=torch.bool)
+        chosen = [s for s in sets if s < self.set_count]  # a set no record holds has no position
         mask[torch.tensor(chosen, dtype=torch.long)] = True
         return mask
 

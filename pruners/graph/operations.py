@@ -316,6 +316,7 @@ class Walk(torch.fx.Interpreter):
                                 self.uses, groups, output_sets, self.normalizations, self.sizes)
         for record, sets in resolved:
             graph.know_sets(record, sets)
+        graph.set_count = self.uf.count  # every set is a root, hence a smaller id
         return graph
 
     def _resolve_sets(self) -> List[Tuple[Any, torch.Tensor]]:
