@@ -46,12 +46,18 @@ def _digest(value) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _listed(ids) -> list:
+    """Record ids as a list (a tensor since TensorUse.ids became one, a list before)."""
+    return ids.tolist() if hasattr(ids, "tolist") else list(ids)
+
+
 def graph_digest(graph, small) -> Dict[str, str]:
     """Per part of the graph, a hash of everything a user of the graph can see."""
     return {
         "groups": _digest([[g.name, g.sets, list(g.writers), g.residual, g.fixed, g.reason,
                             g.units] for g in graph.groups]),
-        "uses": _digest([[u.key, u.dim, u.ids, u.writes, u.layer, u.sets] for u in graph.uses]),
+        "uses": _digest([[u.key, u.dim, _listed(u.ids), u.writes, u.layer, u.sets]
+                         for u in graph.uses]),
         "set_of": _digest(sorted([list(k), v] for k, v in graph.set_of.items())),
         "normalizations": _digest([[n.module, n.dim, n.ids, n.sets] for n in graph.normalizations]),
         "sizes": _digest([[s.module, s.attribute, s.ids, s.sets] for s in graph.sizes]),

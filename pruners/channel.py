@@ -151,7 +151,7 @@ class ChannelPruner:
         moved by ``channel_multiple`` where units are single channels."""
         units = len(group.units)
         count = pruned_count(units, self.group_rates[group.name]) + self.criterion.extra(units)
-        if all(len(u) == 1 for u in group.units):
+        if len(group.units) == len(group.sets):  # single channels (units partition the sets)
             count = aligned_count(units, count, self.channel_multiple)
         return min(count, units)
 

@@ -9,13 +9,17 @@ import torch.nn as nn
 
 @contextlib.contextmanager
 def training_mode(mode: bool, *modules: nn.Module) -> Iterator[None]:
-    saved = [(m, m.training) for module in modules for m in module.modules()]
-    for module in modules:
-        set_training(module, mode)
+    tree = [m for module in modules for m in module.modules()]
+    saved = [m.training for m in tree]
+    if any(type(m).train is not nn.Module.train for m in tree):
+        for module in modules:
+            module.train(mode)
+    else:
+        _set_flags(tree, mode)
     try:
         yield
     finally:
-        for module, was in saved:
+        for module, was in zip(tree, saved):
             object.__setattr__(module, "training", was)  # what Module.__setattr__ does for it
 
 
@@ -27,9 +31,13 @@ def set_training(module: nn.Module, mode: bool) -> None:
     """``module.train(mode)``; where no class in the tree overrides train(), by setting the flags
     directly (nn.Module.train does only that, through a Python call per module: a measurable
     part of building a small model's channel graph, which switches modes several times)."""
-    modules = list(module.modules())
-    if any(type(m).train is not nn.Module.train for m in modules):
+    tree = list(module.modules())
+    if any(type(m).train is not nn.Module.train for m in tree):
         module.train(mode)
-        return
-    for m in modules:
+    else:
+        _set_flags(tree, mode)
+
+
+def _set_flags(tree, mode: bool) -> None:
+    for m in tree:
         object.__setattr__(m, "training", mode)

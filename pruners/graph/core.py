@@ -58,7 +58,7 @@ class TensorUse:
     it reads them (a layer's input columns)."""
     key: str
     dim: int
-    ids: List[int]
+    ids: torch.Tensor    # (a 1-D LongTensor: tens of thousands of them in a large model)
     writes: bool
     layer: str
     sets: List[int] = field(default_factory=list)  # the ids' channel sets, once all are merged

@@ -241,9 +241,8 @@ class Walk(torch.fx.Interpreter):
         if earlier is not None:
             self.merge(earlier, ids, residual=False)
             return
-        self.recorded[(key, dim)] = ids.clone()
-        self.uses.append(TensorUse(key, dim, ids.tolist(), writes,
-                                   key.rpartition(".")[0]))
+        self.recorded[(key, dim)] = ids = ids.reshape(-1).clone()
+        self.uses.append(TensorUse(key, dim, ids, writes, key.rpartition(".")[0]))
 
     def write(self, layer: str, ids: torch.Tensor) -> None:
         """``layer`` (a conv or linear layer) computes the channels ``ids``, in order."""
@@ -323,8 +322,8 @@ class Walk(torch.fx.Interpreter):
         """Every record's ``sets``: its ids' roots, now that every merge is done (one lookup for
         all records). Returns each record with its sets as a tensor."""
         records = self.uses + self.normalizations + self.sizes
-        ids = [self.recorded[(r.key, r.dim)].reshape(-1) if isinstance(r, TensorUse)
-               else torch.tensor(r.ids, dtype=torch.long) for r in records]
+        ids = [r.ids.reshape(-1) if isinstance(r, TensorUse) else torch.tensor(r.ids, dtype=torch.long)
+               for r in records]
         if not records:
             return []
         sets = self.uf.roots(torch.cat(ids))
