@@ -47,5 +47,25 @@ def test_layers_it_cannot_vouch_for_run():
     assert shape_only_output(nn.Conv2d(3, 4, 9), (x,), {}) is None        # empty output: its error
     assert shape_only_output(nn.Conv2d(3, 4, 3).double(), (x,), {}) is None  # dtype mismatch
     assert shape_only_output(nn.Linear(5, 2), (torch.randn(2, 4),), {}) is None
-    assert shape_only_output(nn.BatchNorm2d(3), (x,), {}) is None
+    assert shape_only_output(nn.MaxPool2d(2), (x,), {}) is None
     assert shape_only_output(nn.Linear(8, 2), (x,), {"extra": 1}) is None
+
+
+@pytest.mark.parametrize("layer, shape", [
+    (nn.BatchNorm1d(5), (3, 5)), (nn.BatchNorm1d(5), (3, 5, 7)), (nn.BatchNorm2d(4), (2, 4, 6, 6)),
+    (nn.BatchNorm2d(4, affine=False), (1, 4, 3, 3)), (nn.BatchNorm3d(2), (1, 2, 3, 3, 3)),
+    (nn.ReLU(inplace=True), (2, 3, 4)), (nn.Hardswish(), (5,)), (nn.GELU(), (1, 7, 9)),
+    (nn.SiLU(), (2, 3)), (nn.Sigmoid(), (2, 2, 2, 2))])
+def test_batchnorm_and_activations_keep_the_input_shape(layer, shape):
+    x = torch.randn(shape)
+    out = shape_only_output(layer.eval(), (x,), {})
+    assert out is not None and out.shape == layer(x.clone()).shape
+    assert (out is x) == getattr(layer, "inplace", False)  # as the layer itself returns
+
+
+def test_a_training_batchnorm_is_not_run_and_keeps_its_statistics():
+    norm = nn.BatchNorm2d(3).train()
+    assert shape_only_output(norm, (torch.randn(2, 3, 4, 4) + 5,), {}) is not None
+    assert torch.equal(norm.running_mean, torch.zeros(3)) and int(norm.num_batches_tracked) == 0
+    assert shape_only_output(nn.BatchNorm2d(3), (torch.randn(2, 4, 4, 4),), {}) is None
+    assert shape_only_output(nn.BatchNorm2d(3), (torch.randn(3, 4, 4),), {}) is None

@@ -24,8 +24,15 @@ def set_tensor(module: nn.Module, name: str, value: torch.Tensor) -> None:
 def shapes(module: nn.Module) -> Dict[str, List[int]]:
     """Shapes of a module's own tensors by name; under a torch.nn.utils.prune mask, the tensor's
     own name (``weight``, not ``weight_orig``; the mask buffer is not a tensor of the model)."""
-    tensors = dict(module.named_parameters(recurse=False))
-    tensors.update(module.named_buffers(recurse=False))
+    # named_parameters(recurse=False) and named_buffers(recurse=False), read from the dicts
+    # directly: compaction asks for the shapes of every module three times.
+    tensors = {}
+    for table in (module._parameters, module._buffers):
+        seen = set()
+        for name, t in table.items():
+            if t is not None and id(t) not in seen:
+                seen.add(id(t))
+                tensors[name] = t
     found = {}
     for name, t in tensors.items():
         if t is None or (name.endswith("_mask") and name[:-5] + "_orig" in tensors):

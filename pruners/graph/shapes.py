@@ -3,8 +3,9 @@
 The walk (operations.py) runs the traced model once to label every tensor with channel ids. The
 labels follow from each operation and the *shapes* of its arguments, never from their values:
 torch.fx has already fixed the control flow, and every handler reads shapes. Convolutions and
-linear layers are nearly all of a forward pass's arithmetic, so the walk gives them a zero tensor
-of the shape they would return instead of computing it: building ResNet-50's graph then costs
+linear layers are nearly all of a forward pass's arithmetic, so the walk gives them (and BatchNorm and
+activations, which a small network spends as long on at batch 1) a zero tensor of the shape they
+would return instead of computing it: building ResNet-50's graph then costs
 0.1 s less, the price of one forward pass at batch 1 (benchmarks/graph_speed.py). The example
 inputs still run through the real layers where it matters: ``ChannelPruner.compact`` checks the
 compact model against the masked one on them.
@@ -21,27 +22,43 @@ import torch.nn as nn
 
 # Exactly torch's forward: a subclass that overrides forward() may return anything.
 _CONV_FORWARDS = {nn.Conv1d.forward: 1, nn.Conv2d.forward: 2, nn.Conv3d.forward: 3}
+# Layers whose output has their input's shape: BatchNorm (its input ranks checked), and
+# activations applied entry by entry.
+_BATCHNORM_RANKS = {nn.BatchNorm1d: (2, 3), nn.BatchNorm2d: (4,), nn.BatchNorm3d: (5,)}
+_ELEMENTWISE_FORWARDS = {cls.forward for cls in (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish,
+    nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus)}
 
 
 def shape_only_output(module: nn.Module, args: Sequence, kwargs: dict) -> Optional[torch.Tensor]:
-    """A zero tensor of the shape ``module(*args, **kwargs)`` returns, for a torch Conv1d/2d/3d
-    or Linear called the plain way on a tensor it accepts; None where the layer must run (any
-    other module, hooks, keyword arguments, a shape or dtype the layer would refuse)."""
+    """A zero tensor of the shape ``module(*args, **kwargs)`` returns, for a torch Conv1d/2d/3d,
+    Linear, BatchNorm or elementwise activation called the plain way on a tensor it accepts;
+    None where the layer must run (any other module, hooks, keyword arguments, a shape or dtype
+    the layer would refuse). Skipping a BatchNorm also spares a training-mode one's running
+    statistics the walk's update."""
     if kwargs or len(args) != 1 or not isinstance(args[0], torch.Tensor):
         return None
     if module._forward_hooks or module._forward_pre_hooks:
         return None
-    x, weight = args[0], getattr(module, "weight", None)
-    if not isinstance(weight, torch.Tensor) or x.dtype != weight.dtype or x.device != weight.device:
-        return None
-    forward = type(module).forward
-    if forward is nn.Linear.forward:
+    x, forward = args[0], type(module).forward
+    if forward in _ELEMENTWISE_FORWARDS:
+        if getattr(module, "inplace", False):
+            return x  # what the layer returns, without touching fresh memory
+        shape = tuple(x.shape)
+    elif type(module) in _BATCHNORM_RANKS:  # the classes themselves: they share one forward
+        fits = x.dim() in _BATCHNORM_RANKS[type(module)] and x.shape[1] == module.num_features
+        shape = tuple(x.shape) if fits else None
+    elif forward is nn.Linear.forward and _same_kind(x, module.weight):
         shape = _linear_shape(module, x.shape)
-    elif forward in _CONV_FORWARDS:
+    elif forward in _CONV_FORWARDS and _same_kind(x, module.weight):
         shape = _conv_shape(module, x.shape, _CONV_FORWARDS[forward])
     else:
         return None
     return None if shape is None else x.new_zeros(shape)
+
+
+def _same_kind(x: torch.Tensor, weight) -> bool:
+    return isinstance(weight, torch.Tensor) and x.dtype == weight.dtype and x.device == weight.device
 
 
 def _linear_shape(linear: nn.Linear, shape: torch.Size) -> Optional[Tuple[int, ...]]:
