@@ -246,15 +246,15 @@ def compact_model(model: nn.Module, pruned: Dict[str, Sequence[int]],
         if cut is not tensor:
             set_tensor(module, tensor_name, cut)
     normalized = {n.module: sum(s not in gone for s in n.sets) for n in graph.normalizations}
+    changed = {name for name, module in modules.items() if _shapes(module) != before[name]}
     for name, module in modules.items():
-        if _shapes(module) != before[name] or (
+        if name in changed or (
                 name in normalized and normalized[name] != len(
                     next(n.sets for n in graph.normalizations if n.module == name))):
             follow_tensors(name or type(model).__name__, module, before[name], normalized.get(name))
     # Attention and the transformers' containers hold widths their children's tensors set (a
     # pruned head lives in ``qkv``, the stream in every block): they follow when anything
     # under them changed, and pruned attention takes its compact form (utils/transformers.py).
-    changed = [name for name, module in modules.items() if _shapes(module) != before[name]]
     for name, module in modules.items():
         if derived_widths(module) is not None and any(
                 name == "" or c == name or c.startswith(name + ".") for c in changed):

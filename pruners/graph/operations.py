@@ -140,8 +140,11 @@ class Walk(torch.fx.Interpreter):
         return value if value is not None else super().call_module(target, args, kwargs)
 
     def run_node(self, node: torch.fx.Node):
-        value = super().run_node(node)
-        self.labels[node] = self._label(node, value)
+        # torch.fx's run_node, with the arguments fetched once for the run and the label, and
+        # without its per-node debug logging and traceback context (a refusal names the node).
+        args, kwargs = self.fetch_args_kwargs_from_env(node)
+        value = getattr(self, node.op)(node.target, args, kwargs)
+        self.labels[node] = self._label(node, value, args, kwargs)
         return value
 
     def _label_of(self, arg):
@@ -154,7 +157,7 @@ class Walk(torch.fx.Interpreter):
             return {k: self._label_of(v) for k, v in arg.items()}
         return None
 
-    def _label(self, node: torch.fx.Node, value):
+    def _label(self, node: torch.fx.Node, value, args: tuple, kwargs: dict):
         if node.op == "placeholder":
             if not isinstance(value, torch.Tensor):
                 return None
@@ -167,7 +170,6 @@ class Walk(torch.fx.Interpreter):
             for label in _flat_labels(self._label_of(node.args)):
                 self.fix(label.ids, "the model's outputs")
             return None
-        args, kwargs = self.fetch_args_kwargs_from_env(node)
         call = Call(self, node, args, kwargs, tuple(self._label_of(a) for a in node.args),
                     {k: self._label_of(v) for k, v in node.kwargs.items()}, value)
         if not call.tensor_labels():
