@@ -281,9 +281,11 @@ def _smaller_tensors(model: nn.Module, cuts: Dict[str, List[Tuple[int, torch.Ten
     ``model`` that loses indices and belongs to one module alone: the copy is made with these,
     so it never copies a full tensor only to cut it (most of a VGG's 0.5 GB). Tensors under a
     pruning mask, and shared ones, are cut in the copy instead."""
-    owners = Counter(id(t) for _, t in itertools.chain(model.named_parameters(remove_duplicate=False),
-                                                       model.named_buffers(remove_duplicate=False)))
-    modules = dict(model.named_modules())
+    every = list(model.named_modules(remove_duplicate=False))  # a shared module under each name
+    owners = Counter(id(t) for _, module in every
+                     for t in itertools.chain(module._parameters.values(), module._buffers.values())
+                     if t is not None)
+    modules = dict(every)
     smaller = {}
     for key, dims in cuts.items():
         module_name, _, name = key.rpartition(".")

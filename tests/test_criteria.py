@@ -27,6 +27,17 @@ def test_smallest_norm_filters_match_brute_force(p, rate):
     assert chosen == expected
 
 
+@pytest.mark.parametrize("shape", [(64, 3, 7, 7), (512, 512, 3, 3), (1000, 2048), (5, 1)])
+def test_l1_scores_are_the_float64_norms_of_the_float32_rows(shape):
+    """The L1 scores are summed in float64 without a float64 copy, and are exactly the norms of
+    the rows converted first: selections (and the records' results) do not move."""
+    from pruners.criteria.base import GroupView
+    torch.manual_seed(0)
+    rows = torch.randn(shape) * torch.logspace(-4, 2, shape[0]).reshape(-1, *[1] * (len(shape) - 1))
+    view = GroupView("g", [[i] for i in range(shape[0])], lambda: rows)
+    assert torch.equal(SmallestNorm(1).scores(view), rows.flatten(1).double().norm(p=1, dim=1))
+
+
 def test_the_methods_default_to_their_papers_schedules():
     assert create_pruner("fpgm").mode == "soft"
     assert create_pruner("l1norm").mode == "fixed"

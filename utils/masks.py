@@ -22,8 +22,9 @@ _ORIG, _MASK = "_orig", "_mask"
 def masked_tensors(model: nn.Module) -> Iterator[Tuple[str, nn.Module, str]]:
     """(state_dict key, module, tensor name) of every tensor under a torch.nn.utils.prune mask."""
     for module_name, module in model.named_modules():
-        for buffer_name, _ in module.named_buffers(recurse=False):
-            if buffer_name.endswith(_MASK) and hasattr(module, buffer_name[:-len(_MASK)] + _ORIG):
+        for buffer_name, buffer in module._buffers.items():  # named_buffers(recurse=False)
+            if buffer is not None and buffer_name.endswith(_MASK) and hasattr(
+                    module, buffer_name[:-len(_MASK)] + _ORIG):
                 tensor = buffer_name[:-len(_MASK)]
                 yield (f"{module_name}.{tensor}" if module_name else tensor), module, tensor
 

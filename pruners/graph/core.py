@@ -242,10 +242,6 @@ class DependencyGraph:
         return use.sets
 
 
-def module_order(model: nn.Module) -> Dict[str, int]:
-    return {name: position for position, name in enumerate(dict(model.named_modules()))}
-
-
 def refusal(model: nn.Module, node: torch.fx.Node, what: str, why: str = "") -> UnsupportedOperation:
     where = f"module {node.target}" if node.op == "call_module" else f"node {node.name}"
     return UnsupportedOperation(

@@ -23,7 +23,7 @@ from torchvision.models import maxvit, swin_transformer
 
 from models.layers import ZeroPadShortcut
 from pruners.graph.core import (Attr, DependencyGraph, Group, Label, Normalization, SizeUse,
-                                TensorUse, UnionFind, ids_along, module_order, refusal)
+                                TensorUse, UnionFind, ids_along, refusal)
 from pruners.graph.shapes import shape_only_output
 
 try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt, Swin): drops whole samples
@@ -285,7 +285,7 @@ class Walk(torch.fx.Interpreter):
             for root, reason in zip(fixed_roots, self.fixed.values()):
                 fixed.setdefault(root, reason)
         added = set(roots(torch.cat(self.added)).tolist()) if self.added else set()
-        order = module_order(self.model)
+        order = {name: position for position, name in enumerate(self.modules)}  # module order
         layers = sorted(self.outputs, key=order.get)
         if layers:
             written = roots(torch.cat([self.outputs[layer] for layer in layers]))
