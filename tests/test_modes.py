@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from pruners.graph import build_graph
-from utils.modes import eval_mode, set_training, training_mode
+from utils.modes import eval_mode, training_mode
 
 
 def frozen_model():
@@ -42,7 +42,7 @@ class KeepsNormFrozen(nn.Sequential):
 
 def test_a_class_with_its_own_train_is_asked():
     model = KeepsNormFrozen(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
-    set_training(model, True)
-    assert model.training and model[0].training and not model[1].training
-    set_training(model, False)
+    model.eval()
+    with training_mode(True, model):
+        assert model.training and model[0].training and not model[1].training
     assert not any(flags(model))

@@ -13,9 +13,12 @@ def training_mode(mode: bool, *modules: nn.Module) -> Iterator[None]:
     saved = [m.training for m in tree]
     if any(type(m).train is not nn.Module.train for m in tree):
         for module in modules:
-            module.train(mode)
+            module.train(mode)  # a class's own train() decides
     else:
-        _set_flags(tree, mode)
+        # nn.Module.train only sets these flags, through a Python call per module: a
+        # measurable part of building a small model's graph, which switches modes several times.
+        for m in tree:
+            object.__setattr__(m, "training", mode)
     try:
         yield
     finally:
@@ -26,18 +29,3 @@ def training_mode(mode: bool, *modules: nn.Module) -> Iterator[None]:
 def eval_mode(*modules: nn.Module):
     return training_mode(False, *modules)
 
-
-def set_training(module: nn.Module, mode: bool) -> None:
-    """``module.train(mode)``; where no class in the tree overrides train(), by setting the flags
-    directly (nn.Module.train does only that, through a Python call per module: a measurable
-    part of building a small model's channel graph, which switches modes several times)."""
-    tree = list(module.modules())
-    if any(type(m).train is not nn.Module.train for m in tree):
-        module.train(mode)
-    else:
-        _set_flags(tree, mode)
-
-
-def _set_flags(tree, mode: bool) -> None:
-    for m in tree:
-        object.__setattr__(m, "training", mode)
