@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pruners.channel import ChannelPruner, CompactionMismatch  # noqa: E402
+from pruners.graph import ATTENTION_UNITS  # noqa: E402
 from utils import cli  # noqa: E402
 from utils.errors import UnsupportedOperation, UserError  # noqa: E402
 from utils.files import write_text  # noqa: E402
@@ -91,6 +92,9 @@ def get_args_parser():
     parser.add_argument("--small_size", type=cli.positive_int, default=128,
                         help="input height and width for the --small_input_for models")
     parser.add_argument("--criterion", default="l1norm", help="our side's criterion")
+    parser.add_argument("--attention", choices=ATTENTION_UNITS, default="heads",
+                        help="what our side prunes in the transformers' attention: whole heads, "
+                             "or the width of every head (Torch-Pruning's side is unchanged)")
     parser.add_argument("--no_torch_pruning", action="store_true",
                         help="do not run torch-pruning beside (it is skipped anyway when not "
                              "installed)")
@@ -194,14 +198,14 @@ def one_line(exc: BaseException) -> str:
 # ---- our side ----------------------------------------------------------------------------------
 
 def prune_ours(model: nn.Module, image: torch.Tensor, rate: float, residual: bool,
-               criterion: str) -> dict:
+               criterion: str, attention: str = "heads") -> dict:
     """One variant on a copy: build, step + compact, check. Never raises."""
     model = copy.deepcopy(model)
     out = {"status": "pruned"}
     try:
         start = time.perf_counter()
         pruner = ChannelPruner(model, (image,), criterion=criterion, rate=rate,
-                               prune_residual=residual)
+                               prune_residual=residual, attention=attention)
         out["build_s"] = time.perf_counter() - start
         out["groups"] = len(pruner.groups)
         out["prunable"] = len(pruner.prunable)
@@ -366,11 +370,11 @@ def run_model(name: str, args, with_tp: bool) -> dict:
         return row
     row["params"] = parameters(model)
     row["flops"] = flops(model, image)
-    row["ours"] = prune_ours(model, image, args.rate, False, args.criterion)
+    row["ours"] = prune_ours(model, image, args.rate, False, args.criterion, args.attention)
     if row["ours"]["status"] == "refused":
         row["residual"] = dict(row["ours"])  # the same graph: refused alike, not built twice
     else:
-        row["residual"] = prune_ours(model, image, args.rate, True, args.criterion)
+        row["residual"] = prune_ours(model, image, args.rate, True, args.criterion, args.attention)
         row["prunable_residual"] = row["residual"].get("prunable")
     del model
     statuses = {row["ours"]["status"], row["residual"]["status"]}
@@ -558,6 +562,10 @@ def main(argv=None) -> List[dict]:
              "own; each side has run the dense model once, untimed, before it is timed); tp diff = its "
              "pruned output against the same channels zeroed (n/a where it prunes other layer "
              "types)."]
+    if args.attention != "heads":
+        notes.append("Attention: the per-head width pruned on our side (--attention=head_width: "
+                     "query/key pairs and value dimensions, as many from every head; the heads "
+                     "stay).")
     if args.small_input_for:
         notes.append(f"Models marked (small) ran at {args.small_size}x{args.small_size} to save "
                      f"time: {', '.join(n for n in names if n in args.small_input_for)}.")

@@ -70,13 +70,16 @@ class ChannelPruner:
     ``exclude``: layer or group names never pruned. ``channel_multiple``: keep a multiple of this
     many channels in every group (CPU kernels work on blocks of 8 or 16). ``mode``: soft (select
     and zero at every step; zeroed channels keep training) or fixed (the first selection held at
-    zero by masks).
+    zero by masks). ``attention``: what the groups of attention modules prune, "heads" (whole
+    heads) or "head_width" (the width of every head, as many dimensions from each: a group
+    "<projection>[qk]" of query/key pairs and a group "<projection>[v]" of value dimensions
+    per attention module).
     """
 
     def __init__(self, model: nn.Module, example_inputs, criterion="fpgm", rate: float = 0.3,
                  layer_rates: Optional[Dict[str, float]] = None, prune_residual: bool = False,
                  exclude: Sequence[str] = (), channel_multiple: int = 1, mode: str = "soft",
-                 graph: Optional[DependencyGraph] = None):
+                 graph: Optional[DependencyGraph] = None, attention: str = "heads"):
         self.model = model
         self.rate = check_rate("rate", rate)
         self.layer_rates = {str(name): check_rate(f"layer_rates[{name!r}]", r)
@@ -90,7 +93,8 @@ class ChannelPruner:
             raise UserError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
         self.criterion: Criterion = create_criterion(criterion)
-        self.graph = graph if graph is not None else build_graph(model, example_inputs)
+        self.graph = graph if graph is not None else build_graph(model, example_inputs,
+                                                                 attention=attention)
         self.example_inputs = self.graph.example_inputs
         self.selection: Dict[str, torch.Tensor] = {}   # group -> positions of removed channels
         self.compact_difference: Optional[float] = None
@@ -99,11 +103,12 @@ class ChannelPruner:
                          if not self._excluded(g)]
         self.group_rates = {g.name: self._rate_of(g) for g in self.prunable}
         for group in self.prunable:
-            count = self.count(group)
-            if count >= len(group.units):
-                raise UserError(f"a rate of {self.group_rates[group.name]} would remove all "
-                                f"{len(group)} channels of {group.name}; lower the rate or "
-                                "exclude it")
+            for block in group.blocks or [range(len(group.units))]:
+                if self.unit_count(group, len(block)) >= len(block):
+                    raise UserError(
+                        f"a rate of {self.group_rates[group.name]} would remove all "
+                        f"{len(block)} {'units of a head' if group.blocks else 'channels'} of "
+                        f"{group.name}; lower the rate or exclude it")
 
     # -- the groups ----------------------------------------------------------------------------
 
@@ -146,14 +151,22 @@ class ChannelPruner:
                 return self.layer_rates[name]
         return self.rate
 
-    def count(self, group: Group) -> int:
-        """Units of ``group`` a step removes: floor(units x rate) plus the criterion's extra,
-        moved by ``channel_multiple`` where units are single channels."""
-        units = len(group.units)
-        count = pruned_count(units, self.group_rates[group.name]) + self.criterion.extra(units)
-        if len(group.units) == len(group.sets):  # single channels (units partition the sets)
+    def unit_count(self, group: Group, units: int, rate: Optional[float] = None) -> int:
+        """Units a step removes from ``units`` of ``group`` (the group's, or one block's) at
+        ``rate`` (the group's by default): floor(units x rate) plus the criterion's extra,
+        moved by ``channel_multiple`` where units are single channels (or are counted per
+        block: a head's width)."""
+        rate = self.group_rates[group.name] if rate is None else rate
+        count = pruned_count(units, rate) + self.criterion.extra(units)
+        if len(group.units) == len(group.sets) or group.blocks:
             count = aligned_count(units, count, self.channel_multiple)
         return min(count, units)
+
+    def count(self, group: Group, rate: Optional[float] = None) -> int:
+        """Units of ``group`` a step removes (in a group with blocks, as many from each)."""
+        if group.blocks:
+            return sum(self.unit_count(group, len(block), rate) for block in group.blocks)
+        return self.unit_count(group, len(group.units), rate)
 
     # -- a step --------------------------------------------------------------------------------
 
@@ -162,14 +175,27 @@ class ChannelPruner:
                          lambda: group_rows(self.model, self.graph, group),
                          data=(data or {}).get(group.name, {}))
 
+    def select_group(self, group: Group, data: Optional[Dict] = None,
+                     rate: Optional[float] = None) -> torch.Tensor:
+        """Sorted positions of ``group``'s channels the criterion removes at ``rate`` (the
+        group's by default). A group with blocks is scored block by block (a head's dimensions
+        against each other), and each block loses its count."""
+        view = self.view(group, data)
+        if not group.blocks:
+            chosen = self.criterion.select(view, self.count(group, rate)).tolist()
+        else:
+            rows = view.rows_fn()  # once for every block
+            chosen = []
+            for block in group.blocks:
+                block_view = GroupView(group.name, [group.units[u] for u in block], lambda: rows,
+                                       data=view.data)
+                picked = self.criterion.select(block_view, self.unit_count(group, len(block), rate))
+                chosen.extend(block[u] for u in picked.tolist())
+        return torch.tensor(sorted(p for u in chosen for p in group.units[u]), dtype=torch.long)
+
     def select(self, data: Optional[Dict] = None) -> Dict[str, torch.Tensor]:
         """Per prunable group, the sorted positions of the channels the criterion removes now."""
-        selection = {}
-        for group in self.prunable:
-            units = self.criterion.select(self.view(group, data), self.count(group))
-            positions = sorted(p for u in units.tolist() for p in group.units[u])
-            selection[group.name] = torch.tensor(positions, dtype=torch.long)
-        return selection
+        return {group.name: self.select_group(group, data) for group in self.prunable}
 
     def step(self, data: Optional[Iterable] = None, loss_fn: Optional[Callable] = None
              ) -> Dict[str, torch.Tensor]:

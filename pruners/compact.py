@@ -62,6 +62,12 @@ def pruned_sets(graph: DependencyGraph, pruned: Dict[str, Sequence[int]]) -> Set
             if len(unit) > 1 and chosen & set(unit) and not set(unit) <= chosen:
                 raise ValueError(f"{name}'s channels leave in units of {len(unit)} (a grouped "
                                  f"convolution's or GroupNorm's groups); {positions} splits {unit}")
+        if group.blocks:  # every head keeps one width
+            per_block = {sum(1 for u in block for p in group.units[u] if p in chosen)
+                         for block in group.blocks}
+            if len(per_block) > 1:
+                raise ValueError(f"{name}'s heads must each lose as many channels (they share one "
+                                 f"width); {positions} takes {sorted(per_block)} from different heads")
         sets.update(group.sets[p] for p in positions)
     return sets
 
@@ -255,12 +261,13 @@ def compact_model(model: nn.Module, pruned: Dict[str, Sequence[int]],
     # Attention and the transformers' containers hold widths their children's tensors set (a
     # pruned head lives in ``qkv``, the stream in every block): they follow when anything
     # under them changed, and pruned attention takes its compact form (utils/transformers.py).
+    for size in graph.sizes:  # first: a head count set here is a width the next loop records
+        setattr(modules[size.module], size.attribute, sum(s not in gone for s in size.sets))
+    originals = dict(model.named_modules())
     for name, module in modules.items():
         if derived_widths(module) is not None and any(
                 name == "" or c == name or c.startswith(name + ".") for c in changed):
-            follow_widths(module)
-    for size in graph.sizes:
-        setattr(modules[size.module], size.attribute, sum(s not in gone for s in size.sets))
+            follow_widths(module, originals[name])
     if hasattr(small, "width_groups") and hasattr(small, "widths"):
         small.widths = tuple(sum(1 for s in graph.group_at(layer, channel).sets if s not in gone)
                              for layer, channel in small.width_groups())

@@ -27,6 +27,7 @@ from pruners.compact import group_rows, structure
 from pruners.criteria import Criterion
 from pruners.criteria.fpgm import pruned_count  # noqa: F401
 from pruners.graph import DependencyGraph, Group
+from pruners.graph.core import ATTENTION_UNITS, check_attention_units
 from utils import cli
 from utils.errors import UserError
 from utils.masks import make_permanent, masked_tensors
@@ -113,6 +114,13 @@ class StructuredPruner(Pruner):
                                 "stage's stream as one group, in every layer that reads or writes "
                                 "it); by default only channels inside blocks are pruned, which "
                                 "leaves the streams as they are")
+        group.add_argument("--attention", choices=ATTENTION_UNITS, default="heads",
+                           help="what the groups of attention modules prune (ViT, Swin, MaxViT): "
+                                "heads (whole heads: a head's query, key and value rows and its "
+                                "output columns) or head_width (every head keeps its heads' count "
+                                "and loses as many query/key and value dimensions as the others; "
+                                "groups <projection>[qk] and <projection>[v]). The 1/sqrt(head "
+                                "width) scale stays the original one either way")
         group.add_argument("--channel_multiple", type=cli.positive_int, default=1,
                            help="keep a multiple of this many channels in every group (the "
                                 "multiple nearest what the rate keeps): 8 or 16 lets CPU "
@@ -130,7 +138,8 @@ class StructuredPruner(Pruner):
         return dict(cut_rate=args.cut_rate, mode=args.prune_mode or cls.default_mode,
                     exclude=_names(args.exclude), finetune_epochs=args.finetune_epochs,
                     prune_residual=args.prune_residual, channel_multiple=args.channel_multiple,
-                    layer_rates=getattr(args, "layer_rates", None))
+                    layer_rates=getattr(args, "layer_rates", None),
+                    attention=getattr(args, "attention", "heads"))
 
     @classmethod
     def from_args(cls, args) -> "StructuredPruner":
@@ -139,8 +148,9 @@ class StructuredPruner(Pruner):
     def __init__(self, cut_rate: float = DEFAULT_CUT_RATE, mode: Optional[str] = None,
                  exclude: Sequence[str] = (), finetune_epochs: int = 0,
                  prune_residual: bool = False, channel_multiple: int = 1,
-                 layer_rates: Optional[Dict[str, float]] = None):
+                 layer_rates: Optional[Dict[str, float]] = None, attention: str = "heads"):
         super().__init__(cut_rate)
+        self.attention = check_attention_units(attention)
         self.rate = self.cut_rate
         self.mode = mode or self.default_mode
         self.exclude = list(exclude)
@@ -191,7 +201,8 @@ class StructuredPruner(Pruner):
             self._channel_pruner = ChannelPruner(
                 model, inputs, criterion=self.criterion, rate=self.rate,
                 layer_rates=self.layer_rates, prune_residual=self.prune_residual,
-                exclude=self.exclude, channel_multiple=self.channel_multiple, mode=self.mode)
+                exclude=self.exclude, channel_multiple=self.channel_multiple, mode=self.mode,
+                attention=self.attention)
             self.graph = self._channel_pruner.graph
             self.group_rates = dict(self._channel_pruner.group_rates)
         return self._channel_pruner
@@ -204,12 +215,7 @@ class StructuredPruner(Pruner):
 
     def select_at(self, model: nn.Module, group: Group, rate: float) -> torch.Tensor:
         """Positions of ``group``'s channels the criterion removes at ``rate`` (sensitivity)."""
-        pruner = self.channel_pruner(model)
-        units = len(group.units)
-        count = min(units, aligned_count(units, pruned_count(units, rate) + self.criterion.extra(units),
-                                         self.channel_multiple if all(len(u) == 1 for u in group.units) else 1))
-        chosen = self.criterion.select(pruner.view(group), count)
-        return torch.tensor(sorted(p for u in chosen.tolist() for p in group.units[u]), dtype=torch.long)
+        return self.channel_pruner(model).select_group(group, rate=rate)
 
     # -- soft mode -------------------------------------------------------------------------
 
@@ -321,6 +327,6 @@ class StructuredPruner(Pruner):
             "pruned_filters": {name: index.tolist() for name, index in self.selection.items()},
             "epochs": self.epoch_log, "compact_max_difference": self.compact_difference,
             "prune_residual": self.prune_residual, "channel_multiple": self.channel_multiple,
-            "flops": self.flops, "finetune_epochs": self.finetune_epochs,
+            "attention": self.attention, "flops": self.flops, "finetune_epochs": self.finetune_epochs,
             "finetune_acc": self.finetune_acc,
         }

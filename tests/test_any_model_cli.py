@@ -123,3 +123,19 @@ def test_image_size_lets_a_model_that_needs_a_minimum_run(capsys):
     code, _ = run_script(calFLOP.main, ["--model=torchvision.inception_v3", "--dataset=mnist",
                                         "--image_size=80"])
     assert code == 0 and "Total" in capsys.readouterr().out
+
+
+def test_a_vit_prunes_its_per_head_width_from_the_command_line(trained, mnist_dir):
+    path, folder = trained("torchvision.models.vision_transformer:VisionTransformer",
+                           '--model_kwargs={"image_size": 28, "patch_size": 7, "num_layers": 1, '
+                           '"num_heads": 2, "hidden_dim": 16, "mlp_dim": 32}')
+    result = _prune(path, folder, mnist_dir, "l1norm", "--cut_rate=0.5", "--attention=head_width",
+                    "--layer_rates=net.encoder.layers.encoder_layer_0.self_attention[v]=0.25")
+    small = load_model(result["path"])
+    attention = small.net.encoder.layers[0].self_attention
+    assert attention.num_heads == 2 and attention.head_dim == 8       # heads and scale kept
+    # per head: 4 of 8 query/key dimensions and 6 of 8 value dimensions kept
+    assert attention.in_proj_weight.shape == (2 * (4 + 4 + 6), 16)
+    assert attention.out_proj.weight.shape == (16, 2 * 6)
+    meta = checkpoints.load_checkpoint(result["path"])["pruning"]
+    assert meta["attention"] == "head_width" and meta["compact_max_difference"] < 1e-4

@@ -31,15 +31,20 @@ def _code_lines(text: str):
             if line.split("#")[0].strip()]
 
 
-def test_the_vit_example_prunes_heads_and_loads_them_back(tmp_path):
+@pytest.mark.parametrize("attention, heads, widths", [
+    ("heads", "[3, 3, 3, 3]", "[(16, 16), (16, 16), (16, 16), (16, 16)]"),
+    ("head_width", "[6, 6, 6, 6]", "[(8, 8), (8, 8), (8, 8), (8, 8)]")])
+def test_the_vit_example_prunes_heads_and_loads_them_back(tmp_path, attention, heads, widths):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, str(EXAMPLES / "prune_vit.py"), "--epochs=1",
-                           "--batches=2", "--rate=0.5", f"--output={tmp_path}"],
+                           "--batches=2", "--rate=0.5", f"--attention={attention}",
+                           f"--output={tmp_path}"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     heads_line, size_line = done.stdout.strip().splitlines()[-2:]
-    assert heads_line.startswith("heads per block [6, 6, 6, 6] -> [3, 3, 3, 3]; "
-                                 "MLP width [384, 384, 384, 384] -> [192, 192, 192, 192]"), heads_line
+    assert heads_line == (f"heads per block [6, 6, 6, 6] -> {heads}; (query/key, value) width of a "
+                          f"head [(16, 16), (16, 16), (16, 16), (16, 16)] -> {widths}; MLP width "
+                          "[384, 384, 384, 384] -> [192, 192, 192, 192]"), heads_line
     assert "outputs differ by 0.0e+00" in size_line, size_line
     assert (tmp_path / "vit_pruned.pt").is_file()
 

@@ -387,3 +387,79 @@ def test_every_criterion_prunes_heads_and_mlp_and_exclude_takes_their_names(crit
     assert pruner.compact_difference < COMPACT_TOLERANCE
     assert small.get_submodule(first).num_heads == 4 and small.get_submodule(second).num_heads == 2
     assert [block.mlp[0].out_features for block in small.encoder.layers] == [32, 48]
+
+
+# ---- the per-head width (attention="head_width") ---------------------------------------------
+
+def test_head_width_groups_pair_query_and_key_and_block_them_by_head(graphs):
+    for name in BUILDERS:
+        model, x, _ = graphs[name]
+        graph = build_graph(model, x, attention="head_width")
+        for attention, (heads, width) in ATTENTION[name].items():
+            projection = attention + QKV[name]
+            with pytest.raises(KeyError):
+                graph.group(projection)                 # no group of whole heads
+            qk, v = graph.group(projection + "[qk]"), graph.group(projection + "[v]")
+            assert not qk.fixed and not v.fixed and not qk.residual
+            # query dimension i of head h with key dimension i of head h; sets in q, then k order
+            assert len(qk) == 2 * heads * width and len(qk.units) == heads * width
+            assert qk.units == [[j, heads * width + j] for j in range(heads * width)]
+            assert len(v) == heads * width and v.units == [[j] for j in range(heads * width)]
+            for group in (qk, v):                       # a block per head, in head order
+                assert group.blocks == [list(range(h * width, (h + 1) * width)) for h in range(heads)]
+
+
+@pytest.mark.parametrize("name", list(BUILDERS))
+def test_head_width_compact_equals_masked_keeps_heads_and_scale(name, tmp_path):
+    model, x = build(name)
+    original = copy.deepcopy(model)
+    pruner = ChannelPruner(model, x, criterion="fpgm", rate=0.5, attention="head_width",
+                           layer_rates={next(iter(ATTENTION[name])) + QKV[name] + "[v]": 0.25})
+    pruner.step()
+    small = pruner.compact()
+    assert pruner.compact_difference < COMPACT_TOLERANCE
+    for position, (attention, (heads, width)) in enumerate(ATTENTION[name].items()):
+        module = small.get_submodule(attention)
+        assert type(module) is COMPACT_FORMS[type(original.get_submodule(attention))]
+        assert heads_of(module) == heads              # no head leaves
+        qkv = dict(vit=lambda m: m.in_proj_weight, maxvit=lambda m: m.to_qkv.weight).get(
+            name, lambda m: m.qkv.weight)(module)
+        v_width = width - (width // 4 if position == 0 else width // 2)
+        assert qkv.shape[0] == heads * (2 * (width // 2) + v_width)
+        # every head lost as many: the selection's positions fall evenly on the heads
+        for suffix in ("[qk]", "[v]"):
+            group = pruner.graph.group(attention + QKV[name] + suffix)
+            chosen = set(pruner.selection[group.name].tolist())
+            per_head = {sum(p in chosen for u in block for p in group.units[u]) for block in group.blocks}
+            assert len(per_head) == 1
+    if name == "swin":   # V1 scales by the original head width, which the compact form records
+        assert small.features[1][0].attn.head_dim == 8
+    path = save_model(small, tmp_path / f"{name}.pt")
+    loaded = load_model(path, model=BUILDERS[name]()).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), small.eval()(x), atol=0, rtol=0)
+
+
+def test_head_width_refuses_a_selection_that_leaves_heads_unequal():
+    model, x = build("swin")                          # stage 1: 2 heads of 8 per attention
+    graph = build_graph(model, x, attention="head_width")
+    group = graph.group("features.1.0.attn.qkv[v]")
+    with pytest.raises(ValueError, match="heads must each lose as many"):
+        compact_model(model, {group.name: [0, 1, 8]}, graph)   # 2 from head 0, 1 from head 1
+    with pytest.raises(UserError, match="attention must be one of"):
+        build_graph(model, x, attention="tokens")
+
+
+def test_head_width_then_heads_prunes_again():
+    model, x = build("vit")
+    first = ChannelPruner(model, x, criterion="l1norm", rate=0.5, attention="head_width")
+    first.step()
+    small = first.compact()
+    second = ChannelPruner(small, x, criterion="l1norm", rate=0.5)   # whole heads now
+    group = second.graph.group("encoder.layers.encoder_layer_0.self_attention")
+    assert len(group.units) == 4 and len(group) == 4 * (4 + 4 + 4)  # q, k, v of 4 each per head
+    second.step()
+    smaller = second.compact()
+    assert second.compact_difference < COMPACT_TOLERANCE
+    attention = smaller.encoder.layers[0].self_attention
+    assert attention.num_heads == 2 and attention.head_dim == 8      # the original scale's width

@@ -83,7 +83,8 @@ def structure(original: Optional[nn.Module], compact: nn.Module) -> Dict[str, di
         if old is None:
             continue
         attributes = {a: _plain(getattr(module, a)) for a in followed_attributes(module)}
-        old_attributes = {a: _plain(getattr(old, a)) for a in followed_attributes(old)}
+        # (an attribute only the compact form has, such as Swin's recorded head width, is None)
+        old_attributes = {a: _plain(getattr(old, a, None)) for a in followed_attributes(old)}
         if new_shapes != shapes(old) or attributes != old_attributes or type(module) is not type(old):
             # The shapes before too: a loader checks that it shrinks the model this was pruned
             # from, not one that merely takes the new shapes.

@@ -4,7 +4,7 @@ from typing import Tuple
 import torch
 import torch.nn as nn
 
-from pruners.graph.core import DependencyGraph
+from pruners.graph.core import DependencyGraph, check_attention_units
 from pruners.graph.operations import Walk
 from utils.gc_pause import gc_paused
 from utils.modes import eval_mode, training_mode
@@ -31,16 +31,18 @@ def as_inputs(model: nn.Module, example_inputs) -> Tuple[torch.Tensor, ...]:
 
 
 @gc_paused()
-def build_graph(model: nn.Module, example_inputs) -> DependencyGraph:
+def build_graph(model: nn.Module, example_inputs, attention: str = "heads") -> DependencyGraph:
     """Trace ``model`` and group its channels, running it once on ``example_inputs`` (a batch,
     a tuple of them, or an input shape for a zero batch of one). The model is traced in training
     mode, so branches taken only in training (auxiliary classifiers) are part of the graph, and
-    run in eval mode without gradients."""
+    run in eval mode without gradients. ``attention``: what an attention module's groups prune,
+    whole heads or the per-head width (core.ATTENTION_UNITS)."""
+    attention = check_attention_units(attention)
     inputs = as_inputs(model, example_inputs)
     with training_mode(True, model):
         fx_graph = traced_graph(model)
     with eval_mode(model), torch.no_grad():
-        graph = Walk(fx_graph, model).run(*inputs)
+        graph = Walk(fx_graph, model, attention=attention).run(*inputs)
     graph.example_inputs = tuple(x.detach() for x in inputs)
     return graph
 

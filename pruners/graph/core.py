@@ -18,7 +18,9 @@ removing its index from every one of them.
 A channel *set* is a union-find class: the channels that live and die together. A *group* is the
 sets written by the same layers: a pruning rate and a criterion apply to a group. A group may be
 divided into *units* that leave whole (the channels of one group of a grouped convolution, of a
-GroupNorm group).
+GroupNorm group), and its units into *blocks* that lose as many each (the heads of an attention
+module whose per-head width is pruned). An operation may *divide* the sets one layer writes
+into groups of their own (an attention projection's query/key rows and its value rows).
 
 The operations themselves are an explicit table (pruners/graph/operations.py); anything else that
 receives a labelled tensor is refused with an UnsupportedOperation naming it.
@@ -30,7 +32,18 @@ import torch
 import torch.fx
 import torch.nn as nn
 
-from utils.errors import UnsupportedOperation
+from utils.errors import UnsupportedOperation, UserError
+
+# What a group of an attention module is: whole heads (a head's query, key and value rows
+# leave together), or the per-head width (query/key dimensions in pairs, value dimensions
+# alone, as many from every head; the head count stays).
+ATTENTION_UNITS = ("heads", "head_width")
+
+
+def check_attention_units(attention: str) -> str:
+    if attention not in ATTENTION_UNITS:
+        raise UserError(f"attention must be one of {', '.join(ATTENTION_UNITS)}, got {attention!r}")
+    return attention
 
 
 @dataclass
@@ -99,6 +112,9 @@ class Group:
     fixed: bool
     reason: str = ""
     units: List[List[int]] = field(default_factory=list)
+    # Indices into ``units`` that must each lose as many (one block per attention head when the
+    # per-head width is pruned: every head keeps the same width). Empty: no such constraint.
+    blocks: List[List[int]] = field(default_factory=list)
 
     def __len__(self):
         return len(self.sets)

@@ -25,6 +25,7 @@ from models.layers import ZeroPadShortcut
 from pruners.graph.core import (Attr, DependencyGraph, Group, Label, Normalization, SizeUse,
                                 TensorUse, UnionFind, ids_along, refusal)
 from pruners.graph.shapes import shape_only_output
+from utils.transformers import attention_widths
 
 try:  # torchvision's stochastic depth (EfficientNet, ConvNeXt, Swin): drops whole samples
     from torchvision.ops import stochastic_depth as _stochastic_depth
@@ -113,7 +114,7 @@ def _has_attr(label) -> bool:
 class Walk(torch.fx.Interpreter):
     """Runs the traced model once and labels every tensor (see pruners/graph/core.py)."""
 
-    def __init__(self, graph: torch.fx.Graph, model: nn.Module):
+    def __init__(self, graph: torch.fx.Graph, model: nn.Module, attention: str = "heads"):
         # The model itself runs the graph's nodes (its targets name the model's modules): a
         # GraphModule would only generate and compile code the walk never calls.
         super().__init__(model, graph=graph)
@@ -127,6 +128,10 @@ class Walk(torch.fx.Interpreter):
         self.added: List[torch.Tensor] = []       # ids merged by a residual add
         self.outputs: Dict[str, torch.Tensor] = {}  # writer layer -> the ids of its output channels
         self.units: List[torch.Tensor] = []       # ids that must leave together
+        self.attention = attention                # core.ATTENTION_UNITS: what attention prunes
+        # (suffix, (blocks, ids per block)): sets a layer writes that form a group of their own,
+        # named after the layer's group plus "[suffix]", whose blocks lose as many units each
+        self.divisions: List[Tuple[str, torch.Tensor]] = []
         self.normalizations: List[Normalization] = []
         self.recorded: Dict[Tuple[str, int], torch.Tensor] = {}
         self.sizes: List[SizeUse] = []
@@ -298,19 +303,22 @@ class Walk(torch.fx.Interpreter):
         else:
             output_sets, signatures = {}, []
         unit_of = self._units()
+        division_of = self._divisions()
         groups = []
         for writer_positions, sets in signatures:
             signature = tuple(layers[k] for k in writer_positions)
             first = signature[0]
             start = output_sets[first].index(sets[0])
             name = first if start == 0 else f"{first}[{start}:]"
-            reasons = [fixed[s] for s in sets if s in fixed] if fixed else []
-            units, why = _group_units(sets, unit_of)
-            if why:
-                reasons.append(why)
-            groups.append(Group(name=name, sets=sets, writers=signature,
-                                residual=not added.isdisjoint(sets), fixed=bool(reasons),
-                                reason=reasons[0] if reasons else "", units=units))
+            for suffix, part in _divided(sets, division_of):
+                reasons = [fixed[s] for s in part if s in fixed] if fixed else []
+                units, why = _group_units(part, unit_of)
+                if why:
+                    reasons.append(why)
+                groups.append(Group(name=name + suffix, sets=part, writers=signature,
+                                    residual=not added.isdisjoint(part), fixed=bool(reasons),
+                                    reason=reasons[0] if reasons else "", units=units,
+                                    blocks=_blocks(part, units, division_of) if suffix else []))
         groups = _merge_groups_sharing_units(groups, unit_of, order)
         resolved = self._resolve_sets()
         graph = DependencyGraph(getattr(self.model, "registry_name", type(self.model).__name__),
@@ -337,6 +345,15 @@ class Walk(torch.fx.Interpreter):
             start += len(record_ids)
         return resolved
 
+    def _divisions(self) -> Dict[int, Tuple[str, int]]:
+        """Set -> ("[suffix]", block) for every set a division holds."""
+        division_of: Dict[int, Tuple[str, int]] = {}
+        for suffix, ids in self.divisions:
+            for block, sets in enumerate(self.uf.roots(ids).tolist()):
+                for s in sets:
+                    division_of[s] = (f"[{suffix}]", block)
+        return division_of
+
     def _units(self) -> Dict[int, int]:
         """Set -> the smallest set it must leave with, for every set coupled to another (a set
         absent from the result leaves alone)."""
@@ -351,6 +368,30 @@ class Walk(torch.fx.Interpreter):
         unit = coupling.roots(sets)
         coupled = torch.bincount(unit, minlength=self.uf.count)[unit] > 1
         return dict(zip(sets[coupled].tolist(), unit[coupled].tolist()))
+
+
+def _divided(sets: List[int], division_of: Dict[int, Tuple[str, int]]
+             ) -> List[Tuple[str, List[int]]]:
+    """``sets`` (of one writer signature) as (suffix, sets) per group: those no division holds
+    under the signature's own name (suffix ""), each division's under "[suffix]"."""
+    if not division_of or division_of.keys().isdisjoint(sets):
+        return [("", sets)]
+    parts: Dict[str, List[int]] = {}
+    for s in sets:
+        parts.setdefault(division_of[s][0] if s in division_of else "", []).append(s)
+    return list(parts.items())
+
+
+def _blocks(sets: List[int], units: List[List[int]], division_of: Dict[int, Tuple[str, int]]
+            ) -> List[List[int]]:
+    """The indices of ``units`` in each block of a divided group (a unit lies in one block)."""
+    blocks: Dict[int, List[int]] = {}
+    for index, unit in enumerate(units):
+        block = {division_of[sets[p]][1] for p in unit}
+        if len(block) != 1:
+            raise AssertionError(f"a unit spans blocks {sorted(block)} of a divided group")
+        blocks.setdefault(block.pop(), []).append(index)
+    return [blocks[b] for b in sorted(blocks)]
 
 
 def _sets_by_writers(written: torch.Tensor, sizes: List[int]) -> List[Tuple[List[int], List[int]]]:
@@ -1012,22 +1053,35 @@ def _pad(call: Call):
 #
 # Attention modules are traced whole (utils/tracing.py) and handled here as one operation each.
 # Every one computes q, k and v with one packed projection whose rows are [q | k | v], each
-# heads x head width in head order, and splits them the same way; its output projection reads
-# v's channels. A head's q, k and v rows, its columns of the output projection and its per-head
-# tensors (a relative position bias column, a logit scale) leave together: one unit of the
-# module's group, which the criterion scores as one. The per-head width is never cut, so the
-# 1/sqrt(head width) scale stays what it was. Compaction gives the module its compact form
-# (utils/transformers.py), whose forward reads both widths from its tensors.
+# heads x (its) head width in head order, and splits them the same way; its output projection
+# reads v's channels. What leaves is chosen when the graph is built (``Walk.attention``):
+# - "heads": a head's q, k and v rows, its columns of the output projection and its per-head
+#   tensors (a relative position bias column, a logit scale) leave together, one unit of the
+#   projection's group, which the criterion scores as one; the head count follows;
+# - "head_width": query and key dimension i of a head leave together (they meet only in the
+#   dot product q.k, so the pair's removal takes its whole term away), in a group "[qk]"; value
+#   dimensions leave alone, with the output projection's columns that read them, in a group
+#   "[v]"; each group has a block per head, and every head loses as many (the heads are one
+#   tensor of one width). The heads and their per-head tensors stay.
+# Either way the 1/sqrt(head width) scale stays what it was, so masked and compact compute the
+# same; compaction gives the module its compact form (utils/transformers.py), whose forward
+# reads the widths from its tensors and the scale's width as recorded.
 
-def _attention_heads(walk: "Walk", heads: int, head_dim: int):
-    """New ids for the rows of a packed q, k, v projection, one unit per head. Returns (the
-    rows' ids in order, v's ids as the output projection reads them, one id per head for the
-    per-head tensors: the head's first q channel, which leaves with the whole head)."""
-    q, k, v = (walk.uf.new(heads * head_dim) for _ in range(3))
-    for head in range(heads):
-        rows = slice(head * head_dim, (head + 1) * head_dim)
-        walk.units.append(torch.cat([q[rows], k[rows], v[rows]]))
-    return torch.cat([q, k, v]), v, q[::head_dim]
+def _attention_units(walk: "Walk", heads: int, qk_width: int, v_width: int):
+    """New ids for the rows of a packed q, k, v projection, coupled as ``walk.attention`` says.
+    Returns (the rows' ids in order, v's ids as the output projection reads them, one id per
+    head for the per-head tensors: in "heads", the head's first q channel, which leaves with
+    the whole head; in "head_width", an id no layer writes, which never leaves)."""
+    q, k = walk.uf.new(heads * qk_width), walk.uf.new(heads * qk_width)
+    v = walk.uf.new(heads * v_width)
+    if walk.attention == "heads":
+        for head in range(heads):
+            walk.units.append(torch.cat([part.reshape(heads, -1)[head] for part in (q, k, v)]))
+        return torch.cat([q, k, v]), v, q[::qk_width]
+    walk.units.extend(torch.stack([q, k], dim=1))
+    walk.divisions.append(("qk", torch.cat([q.reshape(heads, qk_width), k.reshape(heads, qk_width)], 1)))
+    walk.divisions.append(("v", v.reshape(heads, v_width)))
+    return torch.cat([q, k, v]), v, walk.uf.new(heads)
 
 
 def _projection(walk: "Walk", layer: str, inputs: torch.Tensor, outputs: torch.Tensor,
@@ -1064,7 +1118,11 @@ def _multihead_attention(call: Call):
             or call.arg(7, "is_causal", False):
         call.refuse("nn.MultiheadAttention with a mask")
     inputs = _tokens_in(call, attention.embed_dim)
-    rows, values, _ = _attention_heads(walk, attention.num_heads, attention.head_dim)
+    heads = attention.num_heads
+    rows, values, per_head = _attention_units(walk, heads, *attention_widths(
+        heads, attention.in_proj_weight.shape[0], attention.out_proj.weight.shape[1]))
+    # no per-head tensor to count the heads by: compaction sets num_heads from these ids
+    walk.sizes.append(SizeUse(name, "num_heads", per_head.tolist()))
     _projection(walk, name, inputs, rows, attention.in_proj_bias is not None,
                 weight="in_proj_weight", bias="in_proj_bias")
     output = call.value[0]
@@ -1080,9 +1138,9 @@ def _shifted_window_attention(call: Call):
     a column, V2's logit scale and the last layer of its bias MLP a row."""
     walk, attention, name, value = call.walk, call.module, call.name, call.value
     heads = attention.num_heads
-    head_dim = attention.qkv.weight.shape[0] // 3 // heads
     inputs = _tokens_in(call, attention.qkv.weight.shape[1])
-    rows, values, per_head = _attention_heads(walk, heads, head_dim)
+    rows, values, per_head = _attention_units(walk, heads, *attention_widths(
+        heads, attention.qkv.weight.shape[0], attention.proj.weight.shape[1]))
     _projection(walk, f"{name}.qkv", inputs, rows, attention.qkv.bias is not None)
     out = walk.uf.new(attention.proj.weight.shape[0])
     _projection(walk, f"{name}.proj", values, out, attention.proj.bias is not None)
@@ -1106,7 +1164,9 @@ def _relative_positional_attention(call: Call):
     head."""
     walk, attention, name, value = call.walk, call.module, call.name, call.value
     inputs = _tokens_in(call, attention.to_qkv.in_features)
-    rows, values, per_head = _attention_heads(walk, attention.n_heads, attention.head_dim)
+    heads = attention.n_heads
+    rows, values, per_head = _attention_units(walk, heads, *attention_widths(
+        heads, attention.to_qkv.weight.shape[0], attention.merge.weight.shape[1]))
     _projection(walk, f"{name}.to_qkv", inputs, rows, attention.to_qkv.bias is not None)
     out = walk.uf.new(attention.merge.out_features)
     _projection(walk, f"{name}.merge", values, out, attention.merge.bias is not None)
