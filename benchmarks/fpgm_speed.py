@@ -96,12 +96,13 @@ def get_args_parser():
     return parser
 
 
-def prune_untrained(model, cut_rate: float, prune_residual: bool = False, channel_multiple: int = 1):
+def prune_untrained(model, cut_rate: float, prune_residual: bool = False, channel_multiple: int = 1,
+                    attention: str = "heads"):
     """FPGM's selection on the current weights, zeroed, then removed: the compact model (and
     the pruner, whose graph the paper's counting needs)."""
     masked = copy.deepcopy(model)
     pruner = create_pruner("fpgm", cut_rate=cut_rate, prune_residual=prune_residual,
-                           channel_multiple=channel_multiple)
+                           channel_multiple=channel_multiple, attention=attention)
     pruner.soft_step(masked, pruner.prunable_groups(masked), epoch=0)
     selection = {name: index.tolist() for name, index in pruner.selection.items()}
     return compact_model(masked, selection, pruner.graph), pruner
@@ -184,6 +185,7 @@ class Architecture(NamedTuple):
     channel_multiple: int
     input_shape: Tuple[int, int, int]
     options: dict = {}  # create_model's keyword arguments (builder_kwargs of a class)
+    attention: str = "heads"  # what attention loses: whole heads, or every head's width
 
 
 # resnet50 resizes its 32x32 input to 224x224 itself; mobilenet_v2 is torchvision's own model
@@ -206,6 +208,12 @@ ARCHITECTURES = {
     "vit_tiny": Architecture("ViT 6 layers, 6 heads, width 192, patch 7 (28x28), fpgm 40%, heads "
                              "and MLP", VIT_TINY, 0.4, False, 1, (1, 28, 28),
                              {"builder_kwargs": VIT_TINY_KWARGS}),
+    # The same ViT with every head kept and 40% of every head's query/key and value width gone
+    # (--attention=head_width), and 40% of the MLP width.
+    "vit_tiny_head_width": Architecture("ViT 6 layers, 6 heads, width 192, patch 7 (28x28), fpgm "
+                                        "40%, every head's width and MLP", VIT_TINY, 0.4, False, 1,
+                                        (1, 28, 28), {"builder_kwargs": VIT_TINY_KWARGS},
+                                        attention="head_width"),
 }
 LARGE = ("resnet50", "torchvision.mobilenet_v2")  # timed for --resnet50_rounds rounds
 
@@ -247,7 +255,8 @@ def architectures(args):
         spec = ARCHITECTURES[key]
         torch.manual_seed(args.seed)
         model = models.create_model(spec.model, spec.input_shape, 10, **spec.options).eval()
-        compact, pruner = prune_untrained(model, spec.rate, spec.prune_residual, spec.channel_multiple)
+        compact, pruner = prune_untrained(model, spec.rate, spec.prune_residual, spec.channel_multiple,
+                                          spec.attention)
         claimed = paper_counted_flops(pruner.graph, layer_stats(model, model.input_shape), spec.rate)
         rounds = args.resnet50_rounds if spec.model in LARGE else args.arch_rounds
         results[key] = compare(model, compact.eval(), args, spec.label, rounds, samples=1, warmup=1,

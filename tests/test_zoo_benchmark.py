@@ -44,3 +44,13 @@ def test_last_line_counts_refusals_and_mismatches():
 def test_unknown_model_is_one_error():
     with pytest.raises(UserError, match="no torchvision classification model named nonet"):
         zoo.main(["--models", "nonet", "--no_torch_pruning"])
+
+
+def test_repeats_time_each_side_again_and_keep_the_median_run():
+    rows = zoo.main(["--models", "squeezenet1_1", "--image_size", "64", "--no_torch_pruning",
+                     "--repeats", "3"])
+    for variant in (rows[0]["ours"], rows[0]["residual"]):
+        assert variant["status"] == "pruned" and variant["repeats"] == 3
+    runs = [{"build_s": 1.0, "compact_s": t, "run": i} for i, t in enumerate((5.0, 1.0, 3.0, 9.0))]
+    chosen = zoo.median_run(runs, zoo.ours_total)
+    assert chosen["run"] == 0 and chosen["repeats"] == 4  # totals 6, 2, 4, 10: 6 is the upper middle
