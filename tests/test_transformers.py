@@ -463,3 +463,15 @@ def test_head_width_then_heads_prunes_again():
     assert second.compact_difference < COMPACT_TOLERANCE
     attention = smaller.encoder.layers[0].self_attention
     assert attention.num_heads == 2 and attention.head_dim == 8      # the original scale's width
+
+
+@pytest.mark.parametrize("criterion", ["sfp", "taylor"])
+def test_head_width_takes_every_criterion(criterion):
+    model, x = build("maxvit")
+    pruner = ChannelPruner(model, x, criterion=criterion, rate=0.5, attention="head_width")
+    pruner.step(data=[(x, torch.tensor([1, 2]))] if criterion == "taylor" else None)
+    small = pruner.compact()
+    assert pruner.compact_difference < COMPACT_TOLERANCE
+    for attention, (heads, width) in ATTENTION["maxvit"].items():
+        module = small.get_submodule(attention)
+        assert module.n_heads == heads and module.to_qkv.out_features == heads * 3 * (width // 2)
