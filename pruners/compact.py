@@ -236,7 +236,8 @@ def compact_model(model: nn.Module, pruned: Dict[str, Sequence[int]],
         positions = graph.positions(use, kept)
         if len(positions) != len(use.sets):
             cuts.setdefault(use.key, []).append((use.dim, positions))
-    before = {name: _shapes(module) for name, module in model.named_modules()}
+    originals = dict(model.named_modules())
+    before = {name: _shapes(module) for name, module in originals.items()}
     smaller = _smaller_tensors(model, cuts)
     small = make_permanent(detached_copy(model, replace=smaller))
     clear_normalization_masks(small)
@@ -263,7 +264,6 @@ def compact_model(model: nn.Module, pruned: Dict[str, Sequence[int]],
     # under them changed, and pruned attention takes its compact form (utils/transformers.py).
     for size in graph.sizes:  # first: a head count set here is a width the next loop records
         setattr(modules[size.module], size.attribute, sum(s not in gone for s in size.sets))
-    originals = dict(model.named_modules())
     for name, module in modules.items():
         if derived_widths(module) is not None and any(
                 name == "" or c == name or c.startswith(name + ".") for c in changed):

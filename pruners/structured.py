@@ -15,17 +15,15 @@ holds the first selection at zero under torch.nn.utils.prune masks. Afterwards t
 channels are removed by surgery (pruners/compact.py): a smaller model of the same classes, checked
 against the masked one.
 """
-import math
 from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 from pruners.base import DEFAULT_CUT_RATE, PruneContext, Pruner, check_rate
-from pruners.channel import MODES, ChannelPruner, aligned_count  # noqa: F401
+from pruners.channel import MODES, ChannelPruner
 from pruners.compact import group_rows, structure
 from pruners.criteria import Criterion
-from pruners.criteria.fpgm import pruned_count  # noqa: F401
 from pruners.graph import DependencyGraph, Group
 from pruners.graph.core import ATTENTION_UNITS, check_attention_units
 from utils import cli
